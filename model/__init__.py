@@ -1,0 +1,1 @@
+"""The Deep Residual Set network: pure PyTorch (no Hydra, h5py or trainer imports)."""

@@ -1,0 +1,1 @@
+"""Training, evaluation and restoration on top of the dataset format and model/."""
