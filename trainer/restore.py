@@ -1,0 +1,274 @@
+"""`drs-restore`: photos of one flat object -> one clean image.
+
+    drs-restore --checkpoint CKPT --out clean.png photos/          # a folder
+    drs-restore --out clean.tif --bit-depth 16 'shots/*.jpg'       # a glob, packaged weights
+
+Images are streamed one at a time (never all in memory), EXIF orientation applied, folded into the
+network's running aggregate (model/online.py) and decoded tile by tile, so memory depends neither
+on the number of photos nor, with --tile, much on their size. The output is written to a
+temporary file and renamed into place only when everything succeeded: an error never leaves a
+partial or stale-looking output behind.
+
+Extension point: restore_files(..., transform=f) calls f(index, image) on every image as it is
+streamed (float (3, H, W) in [0, 1]) and uses what it returns; feature alignment plugs in there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm import tqdm
+
+from model import DeepResidualSet, model_from_checkpoint
+from model.checkpoint import CheckpointError
+from model.online import restore_online
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
+OUTPUT_FORMATS = {".png": (8, 16), ".tif": (8, 16), ".tiff": (8, 16), ".jpg": (8,), ".jpeg": (8,)}
+PACKAGED_WEIGHTS = Path(__file__).resolve().parent.parent / "model" / "weights" / "drs_small.pt"
+# EXIF orientations 5-8 rotate by 90 degrees: width and height swap once the tag is applied.
+_EXIF_ORIENTATION = 0x0112
+
+Transform = Callable[[int, torch.Tensor], torch.Tensor]
+
+
+class RestoreError(Exception):
+    """A bad input, option or output path; the message names what was wrong."""
+
+
+# ---------------------------------------------------------------------------------- inputs
+def expand_inputs(items: Sequence[str]) -> list[Path]:
+    """Files, folders (their images, sorted by name) and globs -> image paths, in the order given."""
+    paths: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise RestoreError(f"folder {p} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            paths += found
+        elif p.is_file():
+            paths.append(p)
+        elif glob.has_magic(item):
+            found = sorted(Path(f) for f in glob.glob(item) if Path(f).is_file())
+            if not found:
+                raise RestoreError(f"pattern {item!r} matches no files")
+            paths += found
+        else:
+            raise RestoreError(f"input {item} does not exist")
+    if not paths:
+        raise RestoreError("no input images given")
+    return paths
+
+
+def probe_size(path: Path) -> tuple[int, int]:
+    """(width, height) after EXIF orientation, from the header only (cheap)."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if im.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
+                w, h = h, w
+            return w, h
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise RestoreError(f"cannot read image {path}: {exc}") from exc
+
+
+def load_image(path: Path, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """One image -> float32 (3, H, W) in [0, 1], EXIF orientation applied; resized to size=(W, H) if given."""
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im).convert("RGB")
+            if size is not None and im.size != size:
+                im = im.resize(size, Image.Resampling.BICUBIC)
+            arr = np.asarray(im, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise RestoreError(f"cannot read image {path}: {exc}") from exc
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def check_sizes(paths: Sequence[Path], resize: bool) -> tuple[int, int]:
+    """Probe every header before any compute, so a mismatch fails in seconds, not after minutes.
+
+    Returns the first image's (width, height); raises unless all match or `resize` is set.
+    """
+    first = probe_size(paths[0])
+    for p in paths[1:]:
+        wh = probe_size(p)
+        if wh != first and not resize:
+            raise RestoreError(
+                f"image {p} is {wh[0]}x{wh[1]} but {paths[0]} is {first[0]}x{first[1]}; "
+                "all photos must have the same size (pass --resize to resize them to the first one's)"
+            )
+    return first
+
+
+class ImageStream:
+    """Zero-argument callable -> a fresh generator over the images (model/online.py may call it once
+    per encoder stage). Each image is loaded, resized to `size`, passed through `transform`."""
+
+    def __init__(self, paths: Sequence[Path], size: tuple[int, int], transform: Transform | None = None,
+                 passes: int = 1, progress: bool = True):
+        self.paths, self.size, self.transform = list(paths), size, transform
+        self.passes, self.progress, self.done = passes, progress, 0
+
+    def __call__(self) -> Iterator[torch.Tensor]:
+        self.done += 1
+        desc = "encoding" if self.passes == 1 else f"encoding (pass {self.done}/{self.passes})"
+        for i, p in enumerate(tqdm(self.paths, desc=desc, unit="img", disable=not self.progress)):
+            img = load_image(p, self.size)
+            if self.transform is not None:
+                img = self.transform(i, img)
+            yield img
+
+
+# ---------------------------------------------------------------------------------- model + output
+def resolve_checkpoint(path: str | None) -> Path:
+    """The given checkpoint, or the packaged weights when none is given."""
+    if path is not None:
+        return Path(path)
+    if not PACKAGED_WEIGHTS.is_file():
+        raise RestoreError(f"no --checkpoint given and no packaged weights found at {PACKAGED_WEIGHTS}; "
+                           "pass --checkpoint CKPT (a drs-train checkpoint)")
+    return PACKAGED_WEIGHTS
+
+
+def resolve_device(name: str, half: bool) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise RestoreError(f"--device {name!r}: {exc}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RestoreError(f"--device {name}: CUDA is not available on this machine")
+    if half and device.type != "cuda":
+        raise RestoreError(f"--half needs a CUDA device; --device is {device}")
+    return device
+
+
+def check_output(out: Path, bit_depth: int) -> None:
+    suffix = out.suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        raise RestoreError(f"--out {out}: unsupported format {suffix or '(none)'}; use one of {sorted(OUTPUT_FORMATS)}")
+    if bit_depth not in OUTPUT_FORMATS[suffix]:
+        raise RestoreError(f"--out {out}: {suffix} cannot hold {bit_depth}-bit images; use .png or .tif")
+
+
+def encode_image(img: torch.Tensor, suffix: str, bit_depth: int) -> bytes:
+    """float (3, H, W) -> encoded file bytes (clamped to [0, 1], 8 or 16 bits per channel).
+
+    OpenCV rather than PIL: PIL cannot write 16-bit RGB PNGs.
+    """
+    import cv2  # local: only needed at the very end
+
+    maxval = 65535 if bit_depth == 16 else 255
+    arr = (img.detach().float().clamp(0, 1).cpu().numpy().transpose(1, 2, 0) * maxval).round()
+    arr = arr.astype(np.uint16 if bit_depth == 16 else np.uint8)
+    ok, buf = cv2.imencode(suffix, np.ascontiguousarray(arr[..., ::-1]))  # OpenCV wants BGR
+    if not ok:
+        raise RestoreError(f"could not encode the result as {suffix}")
+    return buf.tobytes()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, fsync, rename: readers never see a partial image."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; an image should get the usual permissions
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# ---------------------------------------------------------------------------------- API + CLI
+def restore_files(
+    paths: Sequence[Path],
+    net: DeepResidualSet,
+    *,
+    tile: int | None = 1024,
+    device: str | torch.device = "cpu",
+    half: bool = False,
+    resize: bool = False,
+    transform: Transform | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Restore one set of photos; returns float32 (3, H, W) (H, W of the first photo), not clamped.
+
+    transform(index, image) -> image, if given, is applied to every streamed image (e.g. alignment
+    to image 0); with "multi" aggregation it is called once per pass, so it must be deterministic.
+    """
+    size = check_sizes(paths, resize)
+    stream = ImageStream(paths, size, transform, passes=net.num_stages, progress=progress)
+    return restore_online(net, stream, tile=tile, device=device, half=half)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="drs-restore",
+        description="Fuse photos of one flat object (different light, things in the way) into one clean image.",
+    )
+    ap.add_argument("images", nargs="+", help="image files, folders of images, or glob patterns")
+    ap.add_argument("--out", required=True, help="output image: .png, .tif/.tiff (8 or 16 bit) or .jpg")
+    ap.add_argument("--checkpoint", default=None,
+                    help=f"drs-train checkpoint (default: packaged weights {PACKAGED_WEIGHTS.name})")
+    ap.add_argument("--tile", type=int, default=1024,
+                    help="tile size in pixels for encoder/decoder (exact: halo = receptive field); 0 = whole image")
+    ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    ap.add_argument("--half", action="store_true", help="float16 autocast (CUDA only)")
+    ap.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="bits per channel of the output")
+    ap.add_argument("--resize", action="store_true", help="resize every photo to the first photo's size")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    return ap
+
+
+def transform_from_args(args: argparse.Namespace) -> Transform | None:
+    """Per-image transform chosen by the options; none yet (an --align option plugs in here)."""
+    return None
+
+
+def run(args: argparse.Namespace) -> Path:
+    out = Path(args.out)
+    check_output(out, args.bit_depth)
+    device = resolve_device(args.device, args.half)
+    paths = expand_inputs(args.images)
+    net = model_from_checkpoint(resolve_checkpoint(args.checkpoint), map_location="cpu")
+    start = time.perf_counter()
+    img = restore_files(paths, net, tile=args.tile if args.tile > 0 else None, device=device, half=args.half,
+                        resize=args.resize, transform=transform_from_args(args), progress=not args.quiet)
+    write_atomic(out, encode_image(img, out.suffix.lower(), args.bit_depth))
+    if not args.quiet:
+        print(f"restored {len(paths)} images ({img.shape[2]}x{img.shape[1]}) with {net.arch} "
+              f"in {time.perf_counter() - start:.1f} s -> {out}", file=sys.stderr)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        run(args)
+    except (RestoreError, CheckpointError) as exc:
+        print(f"drs-restore: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
