@@ -164,6 +164,9 @@ def evaluate(dataset_dir: str | Path, methods: dict[str, Method], settings: Eval
         lengths.append(length)
         frames = rec.inputs.astype(np.float32) / 255.0
         target = rec.target.astype(np.float32) / 255.0
+        # The grid shows the largest evaluated K that is <= grid_k and fits this sequence.
+        fitting = [k for k in ks if k <= min(grid_k, length)]
+        row_k = max(fitting) if fitting else None
         for k in ks:
             subsets = choose_subsets(length, k, settings.subsets, settings.seed, rec.sequence_id)
             if not subsets:
@@ -171,7 +174,7 @@ def evaluate(dataset_dir: str | Path, methods: dict[str, Method], settings: Eval
                 continue
             for j, subset in enumerate(subsets):
                 inputs = frames[list(subset)]
-                want_grid = j == 0 and k == min(grid_k, length) and len(grid) < settings.grid_sequences
+                want_grid = j == 0 and k == row_k and len(grid) < settings.grid_sequences
                 row = GridRow(rec.sequence_id, inputs, {}, {}, target) if want_grid else None
                 for name, method in methods.items():
                     out, seconds = _timed(method, inputs)

@@ -145,7 +145,7 @@ def qualitative_grid(rows: Sequence[Any], path: str | Path, max_inputs: int = 9)
         axes[r, 0].text(
             -0.08,
             0.5,
-            f"seq {row.sequence_id}",
+            f"seq {row.sequence_id}, K={row.inputs.shape[0]}",
             transform=axes[r, 0].transAxes,
             rotation=90,
             va="center",
@@ -153,7 +153,8 @@ def qualitative_grid(rows: Sequence[Any], path: str | Path, max_inputs: int = 9)
             fontsize=8,
         )
     fig.suptitle(
-        f"Qualitative results (K = {rows[0].inputs.shape[0]}; PSNR after histogram matching)", fontsize=10
+        "Qualitative results: inputs, each method's output (PSNR after histogram matching), target",
+        fontsize=10,
     )
     fig.tight_layout()
     _save(fig, path)
