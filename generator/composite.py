@@ -69,17 +69,21 @@ def unshadowed_irradiance(lights: list[dict], resolution: int, plane_half: float
 
 
 def frame_masks(passes: dict[str, np.ndarray], lights: list[dict]) -> FrameMasks:
+    """Masks from the passes of one render. Only denoised (or high-sample) passes are used, so
+    the masks are not speckled by low-sample noise."""
     plane = passes["plane"]
     occluder = plane < 0.5
-    expected = unshadowed_irradiance(lights, plane.shape[0]).sum(-1)
-    direct = passes["diffuse_direct"].sum(-1)
-    ratio = direct / np.maximum(expected, 1e-12)
     visible = ~occluder
+    diffuse = passes["diffuse_color"] * passes["diffuse_light"]
+    expected = unshadowed_irradiance(lights, plane.shape[0]).sum(-1)
+    ratio = passes["diffuse_light"].sum(-1) / np.maximum(expected, 1e-12)
     # The unknown global constant: most of the visible cover is lit, so a high percentile of the
     # ratio is the unshadowed level.
     level = np.percentile(ratio[visible], 90) if visible.any() else 1.0
     shadow = visible & (ratio < 0.6 * level)
-    specular = visible & (passes["glossy"].max(-1) > 0.15)
+    # Whatever the render holds beyond the diffuse term on the cover is glossy reflection.
+    glossy = (passes["image"] - diffuse).max(-1)
+    specular = visible & (glossy > 0.15)
     return FrameMasks(occluder.astype(np.uint8), shadow.astype(np.uint8), specular.astype(np.uint8))
 
 

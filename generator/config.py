@@ -36,7 +36,7 @@ class SceneConfig:
     lights_max: int = 3
     light_height: list[float] = field(default_factory=lambda: [0.35, 1.3])
     light_spread: float = 0.9
-    light_irradiance: list[float] = field(default_factory=lambda: [0.5, 1.4])
+    light_irradiance: list[float] = field(default_factory=lambda: [0.5, 1.1])
     light_radius: list[float] = field(default_factory=lambda: [0.005, 0.06])
     occluders_max: int = 3
     occluder_free_frame_prob: float = 0.15

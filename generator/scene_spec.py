@@ -121,14 +121,17 @@ def _light_color(rng: np.random.Generator) -> tuple[float, float, float]:
     return tuple(float(c) for c in tint)
 
 
-def sample_light(rng: np.random.Generator, s: SceneConfig) -> LightSpec:
+def sample_light(rng: np.random.Generator, s: SceneConfig, share: float = 1.0) -> LightSpec:
+    """One point light; `share` of the frame's brightness budget (lights split it, like a camera
+    exposing for the whole scene)."""
     x, y = rng.uniform(-s.light_spread, s.light_spread, size=2)
     z = _uniform(rng, s.light_height)
     # Power scales with squared distance to the plane centre so brightness stays in range wherever
-    # the light is: irradiance ~ power * cos / d^2. The constant maps "1.0" to a well-exposed white.
+    # the light is. A point light of power P gives a white Lambertian surface the radiance
+    # P cos / (4 pi^2 d^2) in Cycles, so "1.0" below lands the centre at exactly white.
     d2 = x * x + y * y + z * z
     cos = z / math.sqrt(d2)
-    power = _uniform(rng, s.light_irradiance) * 4.0 * math.pi * d2 / max(cos, 0.25)
+    power = share * _uniform(rng, s.light_irradiance) * 4.0 * math.pi**2 * d2 / max(cos, 0.25)
     return LightSpec(position=(float(x), float(y), float(z)), power=float(power), color=_light_color(rng),
                      radius=_uniform(rng, s.light_radius))
 
@@ -179,7 +182,8 @@ def sample_occluder(rng: np.random.Generator, s: SceneConfig, lights: list[Light
 
 
 def sample_frame(rng: np.random.Generator, s: SceneConfig, num_occluder_covers: int) -> FrameSpec:
-    lights = [sample_light(rng, s) for _ in range(int(rng.integers(s.lights_min, s.lights_max + 1)))]
+    n_lights = int(rng.integers(s.lights_min, s.lights_max + 1))
+    lights = [sample_light(rng, s, 1.0 / n_lights) for _ in range(n_lights)]
     n_occ = 0 if rng.random() < s.occluder_free_frame_prob else int(rng.integers(1, s.occluders_max + 1))
     occluders = [sample_occluder(rng, s, lights, num_occluder_covers) for _ in range(n_occ)]
     return FrameSpec(lights=lights, occluders=occluders, ambient=_uniform(rng, s.ambient),

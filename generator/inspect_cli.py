@@ -1,0 +1,134 @@
+"""`drs-inspect`: what is in a shard or dataset, and a contact sheet to look at.
+
+    drs-inspect DATASET_DIR                 # summary of every shard
+    drs-inspect shard-00000.h5 --out sheet.png --sequences 4
+
+The sheet has one row per sequence: the clean target (framed in green) beside its inputs; with
+--masks, a second row shows occluders (red), shadows (blue) and highlights (yellow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from generator.dataset_format import DatasetFormatError, ShardReader, SequenceRecord, read_manifest
+
+PAD = 4
+
+
+def _shards(path: Path) -> tuple[list[Path], dict | None]:
+    if path.is_file():
+        return [path], None
+    manifest = read_manifest(path)
+    return [path / e["file"] for e in manifest["shards"]], manifest
+
+
+def summarize(path: Path) -> str:
+    shards, manifest = _shards(path)
+    lines = []
+    total = 0
+    for shard in shards:
+        with ShardReader(shard) as r:
+            k, (h, w) = r.sequence_length, r.image_size
+            ids = r.sequence_ids
+            lines.append(f"{shard.name}: {len(r)} sequences (ids {ids.min()}..{ids.max()}), K={k}, {w}x{h}, "
+                         f"source={r.attrs.get('source')}, target={'yes' if r.has_target else 'no'}, "
+                         f"masks={','.join(r.mask_names) or '-'}, {shard.stat().st_size / 2**20:.1f} MiB")
+            if r.mask_names and len(r):
+                rec = r.read(0)
+                cover = ", ".join(f"{n} {rec.masks[n].mean() * 100:.1f}%" for n in r.mask_names)
+                lines.append(f"    first sequence mask coverage: {cover}")
+            total += len(r)
+    head = [f"{path}: {total} sequences in {len(shards)} shard(s)"]
+    if manifest:
+        rej = manifest.get("rejected", {})
+        head.append(f"seed {manifest.get('seed')}, generator {manifest.get('generator_version')}, "
+                    f"Blender {manifest.get('blender_version')}, devices {manifest.get('devices')}")
+        head.append(f"rejected: {len(rej.get('covers', []))} covers, {len(rej.get('frames', []))} frames, "
+                    f"{len(rej.get('sequences', []))} sequences")
+        if manifest.get("timings"):
+            head.append("time per stage (s): " + json.dumps(manifest["timings"]))
+        if manifest.get("missing_shards"):
+            head.append(f"MISSING shards: {manifest['missing_shards']}")
+    return "\n".join(head + lines)
+
+
+def _mask_overlay(rec: SequenceRecord, j: int) -> np.ndarray:
+    img = rec.inputs[j].astype(np.float32) * 0.45
+    colours = {"occluder": (255, 40, 40), "shadow": (60, 90, 255), "specular": (255, 230, 0)}
+    for name, colour in colours.items():
+        if name in rec.masks:
+            m = rec.masks[name][j].astype(bool)
+            img[m] = 0.4 * img[m] + 0.6 * np.array(colour)
+    return img.astype(np.uint8)
+
+
+def contact_sheet(path: Path, sequences: int = 4, masks: bool = False) -> Image.Image:
+    shards, _ = _shards(path)
+    rows: list[list[np.ndarray]] = []
+    labels: list[str] = []
+    for shard in shards:
+        with ShardReader(shard) as r:
+            for i in range(min(len(r), sequences - len(labels) // (2 if masks else 1))):
+                rec = r.read(i)
+                target = rec.target if rec.target is not None else np.zeros_like(rec.inputs[0])
+                rows.append([target, *rec.inputs])
+                labels.append(f"seq {rec.sequence_id}")
+                if masks and rec.masks:
+                    rows.append([np.zeros_like(target)] + [_mask_overlay(rec, j) for j in range(len(rec.inputs))])
+                    labels.append("masks")
+        if len(rows) >= sequences * (2 if masks else 1):
+            break
+    if not rows:
+        raise DatasetFormatError(f"{path}: no sequences to show")
+    h, w = rows[0][0].shape[:2]
+    cols = max(len(r) for r in rows)
+    label_w = 70
+    sheet = Image.new("RGB", (label_w + cols * (w + PAD) + PAD, len(rows) * (h + PAD) + PAD + 16), (30, 30, 30))
+    draw = ImageDraw.Draw(sheet)
+    draw.text((label_w + PAD, 2), "target", fill=(120, 255, 120))
+    draw.text((label_w + w + 2 * PAD, 2), "inputs ->", fill=(230, 230, 230))
+    for ri, (row, label) in enumerate(zip(rows, labels, strict=True)):
+        y = 16 + PAD + ri * (h + PAD)
+        draw.text((4, y + h // 2 - 6), label, fill=(230, 230, 230))
+        for ci, img in enumerate(row):
+            x = label_w + PAD + ci * (w + PAD)
+            sheet.paste(Image.fromarray(img), (x, y))
+            if ci == 0 and label != "masks":
+                draw.rectangle([x - 2, y - 2, x + w + 1, y + h + 1], outline=(80, 220, 80), width=2)
+    return sheet
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="drs-inspect", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("path", type=Path, help="a shard (.h5) or a dataset directory")
+    parser.add_argument("--out", type=Path, help="write a contact sheet PNG here")
+    parser.add_argument("--sequences", type=int, default=4, help="rows in the contact sheet (default 4)")
+    parser.add_argument("--masks", action="store_true", help="add a row of mask overlays under each sequence")
+    args = parser.parse_args(argv)
+    if not args.path.exists():
+        print(f"drs-inspect: {args.path} does not exist", file=sys.stderr)
+        return 2
+    try:
+        print(summarize(args.path))
+        if args.out:
+            sheet = contact_sheet(args.path, args.sequences, args.masks)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = args.out.with_name(f".{args.out.name}.partial")
+            sheet.save(tmp, format="PNG")
+            tmp.replace(args.out)
+            print(f"contact sheet: {args.out}")
+    except DatasetFormatError as exc:
+        print(f"drs-inspect: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

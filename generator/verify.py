@@ -1,0 +1,275 @@
+"""`drs-verify`: prove a dataset is whole by reading it, never by trusting a job scheduler.
+
+    drs-verify DATASET            # exit 0: every shard present, hashed, decodable; else 1 + names
+    drs-verify DATASET --json r.json
+
+For every shard the dataset should hold it checks presence, size and sha256 against the record
+written when the shard was finished (its manifest part, or manifest.json for datasets without
+parts), the schema, the sequence count and ids, and that every chunk decodes. A farm sweep leaves
+one manifest part per shard; verifying merges them into manifest.json first (GUIDE section 3).
+
+Repair is a building block here: :func:`repair` quarantines the bad shards (so nothing that looks
+complete is left behind) and calls a ``render_shard(index)`` supplied by the caller, which is how
+`drs-generate shard=I` (locally or through the launcher) gets plugged in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from generator.dataset_format import (
+    MANIFEST_NAME,
+    SHARD_DIR,
+    DatasetFormatError,
+    ShardReader,
+    read_manifest,
+    sha256_file,
+    shard_path,
+    validate_shard,
+    write_json_atomic,
+)
+from generator.manifest import PARTS_DIR, merge_parts, part_path
+
+QUARANTINE_DIR = "quarantine"
+_SHARD_RE = re.compile(r"shard-(\d+)\.(h5|json)$")
+
+
+@dataclass
+class ShardProblem:
+    """One thing wrong with one shard. kind: missing | unrecorded | corrupt | invalid."""
+
+    index: int
+    file: str
+    kind: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"shard {self.index} ({self.file}): {self.kind}: {self.detail}"
+
+
+@dataclass
+class VerifyReport:
+    dataset: str
+    expected_shards: int
+    checked_shards: int = 0
+    sequences: int = 0
+    problems: list[ShardProblem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def bad_shards(self) -> list[int]:
+        return sorted({p.index for p in self.problems})
+
+    def summary(self) -> str:
+        if self.ok:
+            return f"{self.dataset}: OK, {self.checked_shards} shards, {self.sequences} sequences"
+        lines = [f"{self.dataset}: {len(self.bad_shards)} of {self.expected_shards} shards bad: {self.bad_shards}"]
+        lines += [f"  {p}" for p in self.problems]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok, "bad_shards": self.bad_shards}
+
+
+# ----------------------------------------------------------------------------------------------
+# what the dataset should hold
+
+
+def read_parts(dataset_dir: str | os.PathLike) -> dict[int, dict[str, Any] | None]:
+    """Manifest parts by shard index; a part that is not valid JSON maps to None (it is evidence
+    of a hand edit or a broken disk, so the shard counts as unrecorded rather than crashing)."""
+    parts: dict[int, dict[str, Any] | None] = {}
+    for path in sorted((Path(dataset_dir) / PARTS_DIR).glob("shard-*.json")):
+        index = int(_SHARD_RE.search(path.name).group(1))
+        try:
+            parts[index] = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            parts[index] = None
+    return parts
+
+
+def expected_shard_count(config: dict[str, Any] | None, known: Iterable[int]) -> int:
+    """Shards the config asks for (ceil(num_sequences / sequences_per_shard)); without those keys,
+    one past the highest shard index anything mentions."""
+    known = list(known)
+    if config and "num_sequences" in config and "sequences_per_shard" in config:
+        return -(-int(config["num_sequences"]) // int(config["sequences_per_shard"]))
+    return max(known) + 1 if known else 0
+
+
+def expected_entries(dataset_dir: str | os.PathLike) -> tuple[int, dict[int, dict[str, Any] | None], dict | None]:
+    """(shard count, {index: recorded shard entry or None}, config) from the parts, else the manifest.
+
+    Parts win when present: each was written by the task that finished that shard, while
+    manifest.json is only a merge of them and may be stale.
+    """
+    dataset_dir = Path(dataset_dir)
+    parts = read_parts(dataset_dir)
+    if parts:
+        config = next((p["config"] for p in parts.values() if p and "config" in p), None)
+        entries = {i: (p["shard"] if p and "shard" in p else None) for i, p in parts.items()}
+    else:
+        manifest = read_manifest(dataset_dir)  # raises DatasetFormatError naming manifest.json
+        config = manifest.get("config")
+        entries = {}
+        for entry in manifest.get("shards", []):
+            match = _SHARD_RE.search(entry.get("file", ""))
+            if match is None:
+                raise DatasetFormatError(f"{dataset_dir / MANIFEST_NAME}: shard entry {entry!r} has no shard-N.h5 file")
+            entries[int(match.group(1))] = entry
+        for index in manifest.get("missing_shards", []):
+            entries.setdefault(int(index), None)
+    on_disk = [int(m.group(1)) for p in (dataset_dir / SHARD_DIR).glob("shard-*.h5") if (m := _SHARD_RE.search(p.name))]
+    count = expected_shard_count(config, [*entries, *on_disk])
+    return count, {i: entries.get(i) for i in range(count)}, config
+
+
+# ----------------------------------------------------------------------------------------------
+# checking
+
+
+def verify_shard(dataset_dir: str | os.PathLike, index: int, entry: dict[str, Any] | None,
+                 config: dict[str, Any] | None = None) -> list[ShardProblem]:
+    """Everything wrong with shard `index` against its recorded `entry` (None: nothing recorded)."""
+    dataset_dir = Path(dataset_dir)
+    path = dataset_dir / entry["file"] if entry and "file" in entry else shard_path(dataset_dir, index)
+    rel = str(path.relative_to(dataset_dir))
+
+    def problem(kind: str, detail: str) -> list[ShardProblem]:
+        return [ShardProblem(index, rel, kind, detail)]
+
+    if not path.exists():
+        return problem("missing", "file absent" + ("" if entry else " and never recorded as finished"))
+    if entry is None:
+        return problem("unrecorded", f"file present but no manifest part records it (an interrupted task?); "
+                                     f"expected {part_path(dataset_dir, index).relative_to(dataset_dir)}")
+    size = path.stat().st_size
+    if size != entry.get("bytes"):
+        return problem("corrupt", f"{size} bytes, recorded {entry.get('bytes')}")
+    digest = sha256_file(path)
+    if digest != entry.get("sha256"):
+        return problem("corrupt", f"sha256 {digest[:12]}..., recorded {str(entry.get('sha256'))[:12]}...")
+    # Same bytes as recorded; still decode every chunk: the record itself may describe a bad file.
+    found = [ShardProblem(index, rel, "invalid", msg) for msg in validate_shard(path, entry.get("count"))]
+    if not found:
+        found += _check_sequence_ids(path, rel, index, entry, config)
+    return found
+
+
+def _check_sequence_ids(path: Path, rel: str, index: int, entry: dict[str, Any],
+                        config: dict[str, Any] | None) -> list[ShardProblem]:
+    """Ids must be unique, ascending and inside the shard's slice (QA rejections leave gaps)."""
+    with ShardReader(path) as reader:
+        ids = [int(i) for i in reader.sequence_ids]
+    first = int(entry.get("first_sequence_id", ids[0] if ids else 0))
+    per_shard = int(config["sequences_per_shard"]) if config and "sequences_per_shard" in config else None
+    end = first + per_shard if per_shard else None
+    if per_shard and first != index * per_shard:
+        return [ShardProblem(index, rel, "invalid", f"first_sequence_id {first}, expected {index * per_shard}")]
+    if ids != sorted(set(ids)) or (ids and ids[0] < first) or (end is not None and ids and ids[-1] >= end):
+        span = f"[{first}, {end})" if end is not None else f">= {first}"
+        return [ShardProblem(index, rel, "invalid", f"sequence ids {ids[:5]}... not unique, ascending and in {span}")]
+    return []
+
+
+def verify_dataset(dataset_dir: str | os.PathLike, *, merge: bool = True, progress: bool = True) -> VerifyReport:
+    """Check every shard the dataset should hold; with `merge`, (re)write manifest.json from the
+    parts first, so a finished farm sweep ends with a manifest that names its missing shards."""
+    dataset_dir = Path(dataset_dir)
+    count, entries, config = expected_entries(dataset_dir)
+    if merge and (dataset_dir / PARTS_DIR).is_dir() and any(e is not None for e in entries.values()):
+        merge_parts(dataset_dir, expected_shards=count)
+    report = VerifyReport(dataset=str(dataset_dir), expected_shards=count)
+    for index in tqdm(range(count), desc="verifying", unit="shard", disable=not progress):
+        problems = verify_shard(dataset_dir, index, entries[index], config)
+        report.problems += problems
+        report.checked_shards += 1
+        if not problems:
+            report.sequences += int(entries[index]["count"])
+    return report
+
+
+# ----------------------------------------------------------------------------------------------
+# repairing
+
+
+def quarantine(dataset_dir: str | os.PathLike, indices: Iterable[int]) -> list[Path]:
+    """Move the shard files and parts of `indices` to DATASET/quarantine/ (kept for a post-mortem,
+    out of every reader's way). Returns the new paths."""
+    dataset_dir = Path(dataset_dir)
+    moved = []
+    for index in indices:
+        for src in (shard_path(dataset_dir, index), part_path(dataset_dir, index)):
+            if src.exists():
+                dst = dataset_dir / QUARANTINE_DIR / src.parent.name / src.name
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, _unused(dst))
+                moved.append(dst)
+    return moved
+
+
+def repair(dataset_dir: str | os.PathLike, render_shard: Callable[[int], Any], *,
+           report: VerifyReport | None = None, progress: bool = True) -> VerifyReport:
+    """Re-render exactly the bad shards and verify again.
+
+    render_shard(index) must (re)create shard `index` and its part, e.g. by running
+    `drs-generate shard=index` with the dataset's config; it runs once per bad shard, in order.
+    Returns the report after the repair (check `.ok`).
+    """
+    report = report or verify_dataset(dataset_dir, progress=progress)
+    bad = report.bad_shards
+    quarantine(dataset_dir, bad)
+    for index in bad:
+        render_shard(index)
+    return verify_dataset(dataset_dir, progress=progress)
+
+
+def _unused(path: Path) -> Path:
+    """`path`, or `path.1`, `path.2`... if an earlier quarantine already holds that name."""
+    candidate, n = path, 0
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}.{n}")
+    return candidate
+
+
+# ----------------------------------------------------------------------------------------------
+# command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="drs-verify", description=__doc__.split("\n\n")[0])
+    parser.add_argument("dataset", type=Path, help="dataset directory (holds manifest.json and/or manifest.parts/)")
+    parser.add_argument("--json", type=Path, help="also write the report as JSON here")
+    parser.add_argument("--no-merge", action="store_true", help="do not (re)write manifest.json from the parts")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if not args.dataset.is_dir():
+        print(f"drs-verify: {args.dataset}: not a directory", file=sys.stderr)
+        return 2
+    try:
+        report = verify_dataset(args.dataset, merge=not args.no_merge, progress=not args.no_progress)
+    except DatasetFormatError as exc:
+        print(f"drs-verify: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        write_json_atomic(args.json, report.to_dict())
+    print(report.summary(), file=sys.stdout if report.ok else sys.stderr)
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
