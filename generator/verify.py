@@ -76,7 +76,9 @@ class VerifyReport:
     def summary(self) -> str:
         if self.ok:
             return f"{self.dataset}: OK, {self.checked_shards} shards, {self.sequences} sequences"
-        lines = [f"{self.dataset}: {len(self.bad_shards)} of {self.expected_shards} shards bad: {self.bad_shards}"]
+        lines = [
+            f"{self.dataset}: {len(self.bad_shards)} of {self.expected_shards} shards bad: {self.bad_shards}"
+        ]
         lines += [f"  {p}" for p in self.problems]
         return "\n".join(lines)
 
@@ -110,7 +112,9 @@ def expected_shard_count(config: dict[str, Any] | None, known: Iterable[int]) ->
     return max(known) + 1 if known else 0
 
 
-def expected_entries(dataset_dir: str | os.PathLike) -> tuple[int, dict[int, dict[str, Any] | None], dict | None]:
+def expected_entries(
+    dataset_dir: str | os.PathLike,
+) -> tuple[int, dict[int, dict[str, Any] | None], dict | None]:
     """(shard count, {index: recorded shard entry or None}, config) from the parts, else the manifest.
 
     Parts win when present: each was written by the task that finished that shard, while
@@ -128,11 +132,17 @@ def expected_entries(dataset_dir: str | os.PathLike) -> tuple[int, dict[int, dic
         for entry in manifest.get("shards", []):
             match = _SHARD_RE.search(entry.get("file", ""))
             if match is None:
-                raise DatasetFormatError(f"{dataset_dir / MANIFEST_NAME}: shard entry {entry!r} has no shard-N.h5 file")
+                raise DatasetFormatError(
+                    f"{dataset_dir / MANIFEST_NAME}: shard entry {entry!r} has no shard-N.h5 file"
+                )
             entries[int(match.group(1))] = entry
         for index in manifest.get("missing_shards", []):
             entries.setdefault(int(index), None)
-    on_disk = [int(m.group(1)) for p in (dataset_dir / SHARD_DIR).glob("shard-*.h5") if (m := _SHARD_RE.search(p.name))]
+    on_disk = [
+        int(m.group(1))
+        for p in (dataset_dir / SHARD_DIR).glob("shard-*.h5")
+        if (m := _SHARD_RE.search(p.name))
+    ]
     count = expected_shard_count(config, [*entries, *on_disk])
     return count, {i: entries.get(i) for i in range(count)}, config
 
@@ -141,8 +151,12 @@ def expected_entries(dataset_dir: str | os.PathLike) -> tuple[int, dict[int, dic
 # checking
 
 
-def verify_shard(dataset_dir: str | os.PathLike, index: int, entry: dict[str, Any] | None,
-                 config: dict[str, Any] | None = None) -> list[ShardProblem]:
+def verify_shard(
+    dataset_dir: str | os.PathLike,
+    index: int,
+    entry: dict[str, Any] | None,
+    config: dict[str, Any] | None = None,
+) -> list[ShardProblem]:
     """Everything wrong with shard `index` against its recorded `entry` (None: nothing recorded)."""
     dataset_dir = Path(dataset_dir)
     path = dataset_dir / entry["file"] if entry and "file" in entry else shard_path(dataset_dir, index)
@@ -154,8 +168,11 @@ def verify_shard(dataset_dir: str | os.PathLike, index: int, entry: dict[str, An
     if not path.exists():
         return problem("missing", "file absent" + ("" if entry else " and never recorded as finished"))
     if entry is None:
-        return problem("unrecorded", f"file present but no manifest part records it (an interrupted task?); "
-                                     f"expected {part_path(dataset_dir, index).relative_to(dataset_dir)}")
+        return problem(
+            "unrecorded",
+            f"file present but no manifest part records it (an interrupted task?); "
+            f"expected {part_path(dataset_dir, index).relative_to(dataset_dir)}",
+        )
     size = path.stat().st_size
     if size != entry.get("bytes"):
         return problem("corrupt", f"{size} bytes, recorded {entry.get('bytes')}")
@@ -169,8 +186,9 @@ def verify_shard(dataset_dir: str | os.PathLike, index: int, entry: dict[str, An
     return found
 
 
-def _check_sequence_ids(path: Path, rel: str, index: int, entry: dict[str, Any],
-                        config: dict[str, Any] | None) -> list[ShardProblem]:
+def _check_sequence_ids(
+    path: Path, rel: str, index: int, entry: dict[str, Any], config: dict[str, Any] | None
+) -> list[ShardProblem]:
     """Ids must be unique, ascending and inside the shard's slice (QA rejections leave gaps)."""
     with ShardReader(path) as reader:
         ids = [int(i) for i in reader.sequence_ids]
@@ -178,19 +196,29 @@ def _check_sequence_ids(path: Path, rel: str, index: int, entry: dict[str, Any],
     per_shard = int(config["sequences_per_shard"]) if config and "sequences_per_shard" in config else None
     end = first + per_shard if per_shard else None
     if per_shard and first != index * per_shard:
-        return [ShardProblem(index, rel, "invalid", f"first_sequence_id {first}, expected {index * per_shard}")]
+        return [
+            ShardProblem(index, rel, "invalid", f"first_sequence_id {first}, expected {index * per_shard}")
+        ]
     if ids != sorted(set(ids)) or (ids and ids[0] < first) or (end is not None and ids and ids[-1] >= end):
         span = f"[{first}, {end})" if end is not None else f">= {first}"
-        return [ShardProblem(index, rel, "invalid", f"sequence ids {ids[:5]}... not unique, ascending and in {span}")]
+        return [
+            ShardProblem(
+                index, rel, "invalid", f"sequence ids {ids[:5]}... not unique, ascending and in {span}"
+            )
+        ]
     return []
 
 
-def verify_dataset(dataset_dir: str | os.PathLike, *, merge: bool = True, progress: bool = True) -> VerifyReport:
+def verify_dataset(
+    dataset_dir: str | os.PathLike, *, merge: bool = True, progress: bool = True
+) -> VerifyReport:
     """Check every shard the dataset should hold; with `merge`, (re)write manifest.json from the
     parts first, so a finished farm sweep ends with a manifest that names its missing shards."""
     dataset_dir = Path(dataset_dir)
     count, entries, config = expected_entries(dataset_dir)
-    if merge and (dataset_dir / PARTS_DIR).is_dir() and any(e is not None for e in entries.values()):
+    parts = read_parts(dataset_dir) if merge else {}
+    # An unreadable part would break the merge; its shard is reported as unrecorded below instead.
+    if parts and all(p is not None for p in parts.values()):
         merge_parts(dataset_dir, expected_shards=count)
     report = VerifyReport(dataset=str(dataset_dir), expected_shards=count)
     for index in tqdm(range(count), desc="verifying", unit="shard", disable=not progress):
@@ -221,8 +249,13 @@ def quarantine(dataset_dir: str | os.PathLike, indices: Iterable[int]) -> list[P
     return moved
 
 
-def repair(dataset_dir: str | os.PathLike, render_shard: Callable[[int], Any], *,
-           report: VerifyReport | None = None, progress: bool = True) -> VerifyReport:
+def repair(
+    dataset_dir: str | os.PathLike,
+    render_shard: Callable[[int], Any],
+    *,
+    report: VerifyReport | None = None,
+    progress: bool = True,
+) -> VerifyReport:
     """Re-render exactly the bad shards and verify again.
 
     render_shard(index) must (re)create shard `index` and its part, e.g. by running
@@ -252,9 +285,13 @@ def _unused(path: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="drs-verify", description=__doc__.split("\n\n")[0])
-    parser.add_argument("dataset", type=Path, help="dataset directory (holds manifest.json and/or manifest.parts/)")
+    parser.add_argument(
+        "dataset", type=Path, help="dataset directory (holds manifest.json and/or manifest.parts/)"
+    )
     parser.add_argument("--json", type=Path, help="also write the report as JSON here")
-    parser.add_argument("--no-merge", action="store_true", help="do not (re)write manifest.json from the parts")
+    parser.add_argument(
+        "--no-merge", action="store_true", help="do not (re)write manifest.json from the parts"
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if not args.dataset.is_dir():

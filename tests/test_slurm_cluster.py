@@ -137,7 +137,15 @@ def test_cluster_restarts_in_place_and_stops_every_daemon(slurm_cluster, tmp_pat
         assert not any(_alive(pid) for pid in pids.values())
         assert all(_alive(pid) for pid in new_pids.values())
         pid_file = tmp_path / "job.pid"
-        again.run(["sbatch", "--wrap", f"echo $$ > {pid_file}; exec sleep 300"])
+        again.run(
+            [
+                "sbatch",
+                "--output",
+                str(tmp_path / "job.out"),
+                "--wrap",
+                f"echo $$ > {pid_file}; exec sleep 300",
+            ]
+        )
         deadline = time.monotonic() + 30
         while not pid_file.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
