@@ -7,6 +7,7 @@ per sequence the cover texture and the surface. Everything bpy-specific lives he
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -18,6 +19,13 @@ import numpy as np
 PLANE_INDEX = 1
 PLANE_AOV = "plane"  # shader AOV written only by the cover plane: its anti-aliased coverage
 _TRANSIENT = "drs_transient"  # collection holding per-image lights and occluders
+# Every image datablock gets a name never used before in this process: Cycles' persistent data
+# caches images by name, and a new texture under a recycled name could render the old pixels.
+_serial = itertools.count()
+
+
+def _unique(name: str) -> str:
+    return f"{name}_{next(_serial)}"
 
 
 def build_base_scene(resolution: int, camera_height: float, camera_fov: float, threads: int) -> None:
@@ -93,7 +101,7 @@ def set_cover(linear_rgb: np.ndarray | None, roughness: float, specular: float, 
     bsdf.inputs["Roughness"].default_value = roughness
     bsdf.inputs["Specular IOR Level"].default_value = specular
     old = tex.image
-    tex.image = None if linear_rgb is None else image_from_array("cover_image", linear_rgb)
+    tex.image = None if linear_rgb is None else image_from_array(_unique("cover_image"), linear_rgb)
     if linear_rgb is None:
         bsdf.inputs["Base Color"].default_value = (albedo, albedo, albedo, 1.0)
         for link in list(mat.node_tree.links):
@@ -236,7 +244,7 @@ def _make_material(i: int, spec: dict[str, Any], occluder_covers: list[np.ndarra
         links.new(ramp.outputs["Color"], bsdf.inputs["Base Color"])
     elif spec["kind"] == "cover" and occluder_covers:
         tex = nodes.new("ShaderNodeTexImage")
-        tex.image = image_from_array(f"occ_cover_{i}", occluder_covers[spec["cover_index"] % len(occluder_covers)])
+        tex.image = image_from_array(_unique("occ_cover"), occluder_covers[spec["cover_index"] % len(occluder_covers)])
         tex.projection = "BOX"
         links.new(coords.outputs["Object"], tex.inputs["Vector"])
         links.new(tex.outputs["Color"], bsdf.inputs["Base Color"])
