@@ -14,6 +14,9 @@ if str(_ROOT) not in sys.path:
 
 from tests.fixtures_data import make_tiny_dataset  # noqa: E402
 
+# The session-scoped `slurm_cluster` fixture (a real single-node Slurm, installed if missing).
+pytest_plugins = ["tests.slurm_cluster"]
+
 
 @pytest.fixture
 def tiny_dataset(tmp_path_factory):
