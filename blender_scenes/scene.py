@@ -7,7 +7,6 @@ per sequence the cover texture and the surface. Everything bpy-specific lives he
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Any
 
@@ -19,13 +18,6 @@ import numpy as np
 PLANE_INDEX = 1
 PLANE_AOV = "plane"  # shader AOV written only by the cover plane: its anti-aliased coverage
 _TRANSIENT = "drs_transient"  # collection holding per-image lights and occluders
-# Every image datablock gets a name never used before in this process: Cycles' persistent data
-# caches images by name, and a new texture under a recycled name could render the old pixels.
-_serial = itertools.count()
-
-
-def _unique(name: str) -> str:
-    return f"{name}_{next(_serial)}"
 
 
 def build_base_scene(resolution: int, camera_height: float, camera_fov: float, threads: int) -> None:
@@ -38,8 +30,11 @@ def build_base_scene(resolution: int, camera_height: float, camera_fov: float, t
     scene.render.threads_mode = "FIXED" if threads > 0 else "AUTO"
     if threads > 0:
         scene.render.threads = threads
-    # Keep BVH and textures between the K renders of a sequence: only lights and occluders change.
-    scene.render.use_persistent_data = True
+    # No persistent data: with it, Cycles keeps images across renders keyed by their datablock,
+    # and a texture created where a freed one lived was sometimes rendered with the old pixels,
+    # which broke bit-for-bit regeneration (seen in 1 of 3 runs). Re-syncing these tiny scenes
+    # costs no measurable time.
+    scene.render.use_persistent_data = False
     # A box filter one pixel wide integrates exactly the pixel's footprint; with a texture at render
     # resolution and closest-texel lookup, each pixel then sees exactly one texel: pixel alignment.
     scene.cycles.pixel_filter_type = "BOX"
@@ -101,7 +96,7 @@ def set_cover(linear_rgb: np.ndarray | None, roughness: float, specular: float, 
     bsdf.inputs["Roughness"].default_value = roughness
     bsdf.inputs["Specular IOR Level"].default_value = specular
     old = tex.image
-    tex.image = None if linear_rgb is None else image_from_array(_unique("cover_image"), linear_rgb)
+    tex.image = None if linear_rgb is None else image_from_array("cover_image", linear_rgb)
     if linear_rgb is None:
         bsdf.inputs["Base Color"].default_value = (albedo, albedo, albedo, 1.0)
         for link in list(mat.node_tree.links):
@@ -121,7 +116,6 @@ def image_from_array(name: str, linear_rgb: np.ndarray) -> bpy.types.Image:
     rgba = np.ones((h, w, 4), dtype=np.float32)
     rgba[..., :3] = linear_rgb[::-1]  # Blender stores rows bottom-up
     img.pixels.foreach_set(rgba.ravel())
-    img.pack()
     return img
 
 
@@ -244,7 +238,7 @@ def _make_material(i: int, spec: dict[str, Any], occluder_covers: list[np.ndarra
         links.new(ramp.outputs["Color"], bsdf.inputs["Base Color"])
     elif spec["kind"] == "cover" and occluder_covers:
         tex = nodes.new("ShaderNodeTexImage")
-        tex.image = image_from_array(_unique("occ_cover"), occluder_covers[spec["cover_index"] % len(occluder_covers)])
+        tex.image = image_from_array(f"occ_cover_{i}", occluder_covers[spec["cover_index"] % len(occluder_covers)])
         tex.projection = "BOX"
         links.new(coords.outputs["Object"], tex.inputs["Vector"])
         links.new(tex.outputs["Color"], bsdf.inputs["Base Color"])

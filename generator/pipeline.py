@@ -140,8 +140,10 @@ class ShardRenderer:
         lighting = None
         for sid in ids:
             for attempt in range(cfg.render.qa_attempts):
+                # The reference mode draws the very same scenes (same grouping) so the two modes
+                # can be compared sequence by sequence; it just renders each one on its own.
                 spec = sample_sequence(cfg.seed, sid, cfg.sequence_length, len(self.covers), cfg.scene,
-                                       cfg.render.covers_per_lighting if cfg.render.quality == "fast" else 1, attempt)
+                                       cfg.render.covers_per_lighting, attempt)
                 if lighting is None or attempt > 0:
                     lighting = self._render(spec, stats)
                 try:
