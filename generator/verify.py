@@ -8,15 +8,20 @@ written when the shard was finished (its manifest part, or manifest.json for dat
 parts), the schema, the sequence count and ids, and that every chunk decodes. A farm sweep leaves
 one manifest part per shard; verifying merges them into manifest.json first (GUIDE section 3).
 
-Repair is a building block here: :func:`repair` quarantines the bad shards (so nothing that looks
-complete is left behind) and calls a ``render_shard(index)`` supplied by the caller, which is how
-`drs-generate shard=I` (locally or through the launcher) gets plugged in.
+    drs-verify --repair DATASET                       # re-render exactly the bad shards here
+    drs-verify --repair DATASET --launcher slurm_cpu hydra.launcher.partition=cpu
+
+Repair quarantines the bad shards (moved to DATASET/quarantine/, so nothing that looks complete is
+left behind), re-renders exactly those with the config recorded in the dataset (generator/rerender.py:
+`drs-generate shard=I` locally, or one launcher job per shard), verifies again and exits 0 only
+when the dataset is whole.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import sys
@@ -251,22 +256,24 @@ def quarantine(dataset_dir: str | os.PathLike, indices: Iterable[int]) -> list[P
 
 def repair(
     dataset_dir: str | os.PathLike,
-    render_shard: Callable[[int], Any],
+    render_shards: Callable[[list[int]], Any],
     *,
     report: VerifyReport | None = None,
     progress: bool = True,
 ) -> VerifyReport:
     """Re-render exactly the bad shards and verify again.
 
-    render_shard(index) must (re)create shard `index` and its part, e.g. by running
-    `drs-generate shard=index` with the dataset's config; it runs once per bad shard, in order.
-    Returns the report after the repair (check `.ok`).
+    render_shards(indices) must (re)create each listed shard and its part, e.g. by running
+    `drs-generate shard=I` with the dataset's config for each (generator/rerender.py); it is called
+    once, with the bad shards in ascending order, after they were quarantined. Returns the report
+    after the repair (check `.ok`).
     """
     report = report or verify_dataset(dataset_dir, progress=progress)
     bad = report.bad_shards
+    if not bad:
+        return report
     quarantine(dataset_dir, bad)
-    for index in bad:
-        render_shard(index)
+    render_shards(bad)
     return verify_dataset(dataset_dir, progress=progress)
 
 
@@ -283,29 +290,122 @@ def _unused(path: Path) -> Path:
 # command line
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="drs-verify", description=__doc__.split("\n\n")[0])
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="drs-verify",
+        description=__doc__.split("\n\n")[0],
+        epilog="Exit status: 0 the dataset is whole (after --repair: whole again), 1 shards are "
+        "missing or corrupt (named on stderr), 2 the dataset or the repair config is unusable.",
+    )
     parser.add_argument(
         "dataset", type=Path, help="dataset directory (holds manifest.json and/or manifest.parts/)"
     )
-    parser.add_argument("--json", type=Path, help="also write the report as JSON here")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="with --repair: drs-generate settings that do not change the data (render.threads=8, "
+        "render.device=cuda) and, with --launcher, hydra.launcher.* settings (partition, timeout_min...)",
+    )
+    parser.add_argument("--json", type=Path, help="also write the (final) report as JSON here")
     parser.add_argument(
         "--no-merge", action="store_true", help="do not (re)write manifest.json from the parts"
     )
     parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    if not args.dataset.is_dir():
-        print(f"drs-verify: {args.dataset}: not a directory", file=sys.stderr)
+    repair_group = parser.add_argument_group("repair")
+    repair_group.add_argument(
+        "--repair",
+        action="store_true",
+        help="quarantine the missing/corrupt shards, re-render exactly those with the dataset's "
+        "recorded config, verify again",
+    )
+    repair_group.add_argument(
+        "--launcher",
+        metavar="NAME",
+        help="re-render through `drs-generate -m shard=I,J hydra/launcher=NAME` (slurm_cpu, "
+        "slurm_gpu, local, submitit_slurm...) instead of in this process",
+    )
+    repair_group.add_argument(
+        "--timeout", type=float, metavar="S", help="give up on the --launcher sweep after S seconds"
+    )
+    repair_group.add_argument(
+        "--allow-version-change",
+        action="store_true",
+        help="repair even though the installed generator differs from the one that wrote the dataset",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_intermixed_args(argv)
+    prog = "drs-verify"
+    if (args.overrides or args.launcher or args.timeout) and not args.repair:
+        print(f"{prog}: KEY=VALUE overrides, --launcher and --timeout need --repair", file=sys.stderr)
         return 2
+    if not args.dataset.is_dir():
+        print(f"{prog}: {args.dataset}: not a directory", file=sys.stderr)
+        return 2
+    progress = not args.no_progress
     try:
-        report = verify_dataset(args.dataset, merge=not args.no_merge, progress=not args.no_progress)
+        report = verify_dataset(args.dataset, merge=not args.no_merge, progress=progress)
+        if args.repair and not report.ok:
+            report = _repair_cli(args, report, progress)
     except DatasetFormatError as exc:
-        print(f"drs-verify: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    except _RepairRefused as exc:
+        print(f"{prog}: cannot repair: {exc}", file=sys.stderr)
         return 2
     if args.json:
         write_json_atomic(args.json, report.to_dict())
     print(report.summary(), file=sys.stdout if report.ok else sys.stderr)
     return 0 if report.ok else 1
+
+
+class _RepairRefused(Exception):
+    pass
+
+
+def _repair_cli(args: argparse.Namespace, report: VerifyReport, progress: bool) -> VerifyReport:
+    """Build the repair config first (a refusal leaves the dataset untouched), then repair."""
+    from generator import rerender  # Hydra and the render machinery: only when repairing
+    from generator.config import ConfigError
+
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    generator_overrides, launcher_overrides = rerender.split_overrides(args.overrides)
+    if launcher_overrides and not args.launcher:
+        raise _RepairRefused(f"{launcher_overrides} are launcher settings; name the launcher with --launcher")
+    try:
+        cfg = rerender.repair_config(
+            args.dataset, args.overrides, allow_version_change=args.allow_version_change
+        )
+    except (rerender.RepairError, ConfigError) as exc:
+        raise _RepairRefused(str(exc)) from exc
+    cfg.progress = progress
+    print(report.summary(), file=sys.stderr)
+    print(
+        f"repairing shards {report.bad_shards} (bad files go to {args.dataset / QUARANTINE_DIR})",
+        file=sys.stderr,
+    )
+
+    def render_shards(indices: list[int]) -> None:
+        if args.launcher:
+            code = rerender.render_with_launcher(
+                cfg, indices, args.launcher, launcher_overrides, timeout_s=args.timeout
+            )
+            if code != 0:
+                print(
+                    f"drs-verify: the repair sweep exited with {code}; each shard's job log is under "
+                    f"{Path(cfg.out_dir) / 'logs'}/sweep-*/.submitit/<job>_<task>/",
+                    file=sys.stderr,
+                )
+        else:
+            rerender.render_locally(cfg, indices)
+
+    after = repair(args.dataset, render_shards, report=report, progress=progress)
+    if after.ok:
+        print(f"repaired shards {report.bad_shards}", file=sys.stderr)
+    return after
 
 
 if __name__ == "__main__":

@@ -100,7 +100,7 @@ def test_flipped_byte_and_deleted_shard_are_named_and_repaired_to_identical_byte
 
     rendered = []
     after = repair(
-        farm_dataset, lambda i: (rendered.append(i), render_shard(farm_dataset, i)), progress=False
+        farm_dataset, lambda ids: [(rendered.append(i), render_shard(farm_dataset, i)) for i in ids], progress=False
     )
     assert after.ok, after.summary()
     assert rendered == [0, 2]  # exactly the bad ones
