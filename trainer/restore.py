@@ -16,6 +16,7 @@ streamed (float (3, H, W) in [0, 1]) and uses what it returns; feature alignment
 from __future__ import annotations
 
 import argparse
+import ctypes
 import glob
 import os
 import sys
@@ -38,6 +39,7 @@ OUTPUT_FORMATS = {".png": (8, 16), ".tif": (8, 16), ".tiff": (8, 16), ".jpg": (8
 PACKAGED_WEIGHTS = Path(__file__).resolve().parent.parent / "model" / "weights" / "drs_small.pt"
 # EXIF orientations 5-8 rotate by 90 degrees: width and height swap once the tag is applied.
 _EXIF_ORIENTATION = 0x0112
+_M_MMAP_THRESHOLD = -3  # mallopt parameter number, from glibc's malloc.h
 
 Transform = Callable[[int, torch.Tensor], torch.Tensor]
 
@@ -244,7 +246,24 @@ def transform_from_args(args: argparse.Namespace) -> Transform | None:
     return None
 
 
+def limit_heap_growth() -> None:
+    """Have glibc serve every allocation >= 1 MiB by mmap, returned to the OS on free.
+
+    Why: glibc raises its mmap threshold dynamically once a large block is freed, after which
+    image-sized tensors come from the heap and freed ones stay resident, fragmented by the
+    threads' arenas. Measured on 1280x720 sets: peak RSS then varied 446-598 MB between identical
+    runs; with a fixed threshold it is 434 MB every time, for any K, at no measurable speed cost.
+    A no-op where the C library is not glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+    except (OSError, AttributeError):
+        pass
+
+
 def run(args: argparse.Namespace) -> Path:
+    limit_heap_growth()
     out = Path(args.out)
     check_output(out, args.bit_depth)
     device = resolve_device(args.device, args.half)
