@@ -98,12 +98,16 @@ def test_flipped_byte_and_deleted_shard_are_named_and_repaired_to_identical_byte
     assert "shard-00001" not in err
     assert json.loads((tmp_path / "r.json").read_text())["bad_shards"] == [0, 2]
 
-    rendered = []
-    after = repair(
-        farm_dataset, lambda ids: [(rendered.append(i), render_shard(farm_dataset, i)) for i in ids], progress=False
-    )
+    calls = []
+
+    def render_shards(indices: list[int]) -> None:
+        calls.append(list(indices))
+        for index in indices:
+            render_shard(farm_dataset, index)
+
+    after = repair(farm_dataset, render_shards, progress=False)
     assert after.ok, after.summary()
-    assert rendered == [0, 2]  # exactly the bad ones
+    assert calls == [[0, 2]]  # exactly the bad ones, in one call (one launcher sweep)
     assert _digests(farm_dataset) == clean
     assert (farm_dataset / "quarantine" / "shards" / "shard-00000.h5").read_bytes() == bytes(data)
 
