@@ -227,7 +227,7 @@ def _sigkill_array_task(cluster, array_task: int) -> tuple[str, list[int]]:
     assert task is not None, f"array task {array_task} is not running: {pairs}"
     job_id = pairs[task]
     killed = []
-    for pid in _step_pids(job_id):
+    for pid in _step_pids(job_id, str(cluster.conf_path)):
         try:
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
@@ -236,8 +236,11 @@ def _sigkill_array_task(cluster, array_task: int) -> tuple[str, list[int]]:
     return task, killed
 
 
-def _step_pids(job_id: str) -> list[int]:
-    """Processes of Slurm job `job_id`'s srun step (submitit runs the task there), from /proc."""
+def _step_pids(job_id: str, slurm_conf: str) -> list[int]:
+    """Processes of Slurm job `job_id`'s srun step (submitit runs the task there), from /proc.
+
+    Job ids restart at 1 on every test cluster, and other test sessions may run their own cluster
+    on this machine: the job's SLURM_CONF tells ours apart."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -250,10 +253,7 @@ def _step_pids(job_id: str) -> list[int]:
             )
         except OSError:
             continue  # exited meanwhile
-        if env.get("SLURM_JOB_ID") == job_id and env.get("SLURM_STEP_ID") not in (
-            None,
-            "batch",
-            "4294967294",
-        ):
+        ours = env.get("SLURM_JOB_ID") == job_id and env.get("SLURM_CONF") == slurm_conf
+        if ours and env.get("SLURM_STEP_ID") not in (None, "batch", "4294967294"):
             pids.append(int(entry.name))
     return pids
