@@ -10,6 +10,7 @@ finishes incomplete ones from their cached sequences.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,9 @@ register()
 def generate(cfg: GenerateConfig) -> dict | None:
     """Render the shards `cfg` asks for; merge the manifest when every shard was asked for."""
     shards = [cfg.shard] if cfg.shard is not None else list(range(cfg.num_shards))
+    # First line of every task's log: which shards, which job (a killed task says nothing after).
+    log.info("shards %s: starting (Slurm job %s)", shards if len(shards) < 10 else f"0..{len(shards) - 1}",
+             os.environ.get("SLURM_JOB_ID", "-"))
     pending = [i for i in shards if not shard_is_complete(cfg.out_dir, i)]
     skipped = len(shards) - len(pending)
     if skipped:
