@@ -2,6 +2,7 @@
 
     drs-restore --checkpoint CKPT --out clean.png photos/          # a folder
     drs-restore --out clean.tif --bit-depth 16 'shots/*.jpg'       # a glob, packaged weights
+    drs-restore --align --out clean.png handheld/                  # photos not taken from a tripod
 
 Images are streamed one at a time (never all in memory), EXIF orientation applied, folded into the
 network's running aggregate (model/online.py) and decoded tile by tile, so memory depends neither
@@ -10,7 +11,9 @@ temporary file and renamed into place only when everything succeeded: an error n
 partial or stale-looking output behind.
 
 Extension point: restore_files(..., transform=f) calls f(index, image) on every image as it is
-streamed (float (3, H, W) in [0, 1]) and uses what it returns; feature alignment plugs in there.
+streamed (float (3, H, W) in [0, 1]) and uses what it returns. --align plugs an Aligner in there:
+one streamed pre-pass finds each photo's homography onto the anchor photo (generator/align.py,
+the same alignment as drs-ingest), then every pass warps each photo as it streams by.
 """
 
 from __future__ import annotations
@@ -133,6 +136,65 @@ class ImageStream:
             yield img
 
 
+# ---------------------------------------------------------------------------------- alignment
+class Aligner:
+    """--align: a Transform that warps photo i onto the anchor photo's frame.
+
+    Built by one streamed pre-pass (one photo in memory at a time, plus the anchor): photos whose
+    alignment cannot be trusted are dropped (listed in `rejected` as (path, reason)); `paths`
+    and `homographies` (float64 (3, 3), photo px -> anchor px, at `size`) are those kept, in
+    order, so index i of the restore stream is paths[i]. Anchor pixels fill what a photo does
+    not cover, so the set mean there is not darkened. Deterministic: "multi" calls it per pass.
+    """
+
+    def __init__(self, paths: Sequence[Path], size: tuple[int, int], anchor: int = 0, cfg=None,
+                 progress: bool = True):
+        from generator.align import AlignConfig, align, prepare  # cv2: only needed with --align
+
+        if not 0 <= anchor < len(paths):
+            raise RestoreError(f"--align-to {anchor}: there are {len(paths)} photos (indices 0..{len(paths) - 1})")
+        cfg = cfg or AlignConfig()
+        self.anchor_path = Path(paths[anchor])
+        self.anchor = _to_hwc(load_image(self.anchor_path, size))
+        anchor_frame = prepare(self.anchor, cfg)
+        self.paths: list[Path] = []
+        self.homographies: list[np.ndarray] = []
+        self.rejected: list[tuple[Path, str]] = []
+        for i, p in enumerate(tqdm(paths, desc="aligning", unit="img", disable=not progress)):
+            if i == anchor:
+                h, reason = np.eye(3), None
+            else:
+                res = align(anchor_frame, prepare(_to_hwc(load_image(p, size)), cfg), cfg)
+                h, reason = res.homography, res.reason
+            if reason is None:
+                self.paths.append(Path(p))
+                self.homographies.append(h)
+            else:
+                self.rejected.append((Path(p), reason))
+        self.anchor = (self.anchor * 255 + 0.5).astype(np.uint8)  # fill only: 1/4 of the float's memory
+
+    def __call__(self, index: int, img: torch.Tensor) -> torch.Tensor:
+        import cv2
+
+        h = self.homographies[index]
+        size = (self.anchor.shape[1], self.anchor.shape[0])
+        src = _to_hwc(img)
+        if (src.shape[1], src.shape[0]) != size:
+            # --resize with the first photo dropped: the stream resized to another photo's size.
+            src = cv2.resize(src, size, interpolation=cv2.INTER_CUBIC)
+        warped = cv2.warpPerspective(src, h, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        cover = cv2.warpPerspective(np.ones(src.shape[:2], np.float32), h, size, flags=cv2.INTER_LINEAR,
+                                    borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        # warped already holds cover * photo; the rest of each pixel's weight goes to the anchor.
+        warped += (1 - cover)[..., None] * (self.anchor.astype(np.float32) / 255.0)
+        return torch.from_numpy(warped).permute(2, 0, 1).contiguous()
+
+
+def _to_hwc(img: torch.Tensor) -> np.ndarray:
+    """float (3, H, W) tensor -> float32 (H, W, 3) array."""
+    return np.ascontiguousarray(img.detach().cpu().float().numpy().transpose(1, 2, 0))
+
+
 # ---------------------------------------------------------------------------------- model + output
 def resolve_checkpoint(path: str | None) -> Path:
     """The given checkpoint, or the packaged weights when none is given."""
@@ -237,13 +299,23 @@ def make_parser() -> argparse.ArgumentParser:
     ap.add_argument("--half", action="store_true", help="float16 autocast (CUDA only)")
     ap.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="bits per channel of the output")
     ap.add_argument("--resize", action="store_true", help="resize every photo to the first photo's size")
+    ap.add_argument("--align", action="store_true",
+                    help="align every photo to the first one (features + ECC) before restoring: handheld shots")
+    ap.add_argument("--align-to", type=int, default=None, metavar="INDEX",
+                    help="align to photo INDEX (0-based, in input order) instead of the first; implies --align")
     ap.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     return ap
 
 
-def transform_from_args(args: argparse.Namespace) -> Transform | None:
-    """Per-image transform chosen by the options; none yet (an --align option plugs in here)."""
-    return None
+def transform_from_args(args: argparse.Namespace, paths: list[Path]) -> tuple[list[Path], Transform | None]:
+    """Per-image transform chosen by the options, and the photos it keeps (--align drops those it
+    cannot align, saying why)."""
+    if not args.align and args.align_to is None:
+        return paths, None
+    aligner = Aligner(paths, check_sizes(paths, args.resize), anchor=args.align_to or 0, progress=not args.quiet)
+    for p, reason in aligner.rejected:
+        print(f"drs-restore: skipping {p}: {reason}", file=sys.stderr)
+    return aligner.paths, aligner
 
 
 def limit_heap_growth() -> None:
@@ -270,8 +342,9 @@ def run(args: argparse.Namespace) -> Path:
     paths = expand_inputs(args.images)
     net = model_from_checkpoint(resolve_checkpoint(args.checkpoint), map_location="cpu")
     start = time.perf_counter()
+    paths, transform = transform_from_args(args, paths)
     img = restore_files(paths, net, tile=args.tile if args.tile > 0 else None, device=device, half=args.half,
-                        resize=args.resize, transform=transform_from_args(args), progress=not args.quiet)
+                        resize=args.resize, transform=transform, progress=not args.quiet)
     write_atomic(out, encode_image(img, out.suffix.lower(), args.bit_depth))
     if not args.quiet:
         print(f"restored {len(paths)} images ({img.shape[2]}x{img.shape[1]}) with {net.arch} "
