@@ -250,11 +250,12 @@ def keep_best(res: SequenceResult, k: int) -> list[dict[str, str]]:
 
 
 # ---------------------------------------------------------------------------------- dataset
-def ingest(captures: Path, out: Path, *, cfg: AlignConfig = AlignConfig(), resolution: int = 256,
+def ingest(captures: Path, out: Path, *, cfg: AlignConfig | None = None, resolution: int = 256,
            sequences_per_shard: int = 32, sequence_length: int = 0, min_photos: int = 2,
            overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Ingest every subfolder of `captures` into the dataset directory `out`; returns the manifest."""
     captures, out = Path(captures), Path(out)
+    cfg = cfg or AlignConfig()
     if not captures.is_dir():
         raise IngestError(f"CAPTURES_DIR {captures} is not a directory")
     if out.exists() and any(out.iterdir()) and not overwrite:

@@ -1,0 +1,158 @@
+"""`drs-restore --align`: handheld photos are warped onto the anchor photo inside the streaming path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import trainer.restore as restore
+from model import build_model
+from model.checkpoint import save_checkpoint
+from tests.captures import corner_error, make_capture, object_image
+
+PHOTO = (224, 176)
+
+
+def mean_net():
+    """A network whose output is exactly the mean of its inputs (its residual head is zeroed), so a
+    restored image can be compared with the truth without training anything."""
+    torch.manual_seed(0)
+    net = build_model("drs_small", encoder_blocks=1, decoder_blocks=1, refine_blocks=1).eval()
+    with torch.no_grad():
+        net.to_rgb.weight.zero_()
+        net.to_rgb.bias.zero_()
+    return net
+
+
+@pytest.fixture(scope="module")
+def capture():
+    return make_capture("astronaut", k=5, seed=3, photo_size=PHOTO)
+
+
+@pytest.fixture
+def photos(tmp_path, capture) -> list[Path]:
+    paths = []
+    for i, p in enumerate(capture.photos):
+        paths.append(tmp_path / "in" / f"photo{i}.png")
+        paths[-1].parent.mkdir(exist_ok=True)
+        Image.fromarray(p).save(paths[-1])
+    return paths
+
+
+def true_map(capture, i: int, anchor: int) -> np.ndarray:
+    """photo i px -> anchor photo px."""
+    return np.linalg.inv(capture.truth[anchor]) @ capture.truth[i]
+
+
+def clean_in_frame(capture, anchor: int) -> tuple[np.ndarray, np.ndarray]:
+    """The clean reference seen in the anchor photo's frame, float (H, W, 3), and where it is known."""
+    ref = capture.reference.astype(np.float32) / 255
+    h = capture.truth[anchor]  # anchor px -> reference px
+    clean = cv2.warpPerspective(ref, h, PHOTO, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+    known = cv2.warpPerspective(np.ones(ref.shape[:2], np.float32), h, PHOTO, flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP)
+    # Also where every photo covers the anchor frame: elsewhere --align fills in anchor pixels.
+    for i in range(len(capture.photos)):
+        cover = cv2.warpPerspective(np.ones(PHOTO[::-1], np.float32), true_map(capture, i, anchor), PHOTO,
+                                    flags=cv2.INTER_NEAREST)
+        known *= cover
+    known = cv2.erode(known, np.ones((7, 7), np.uint8)).astype(bool)
+    return clean, known
+
+
+def oracle_psnr(capture, anchor: int) -> float:
+    """Fitted PSNR of the mean of the photos warped with the true homographies: what perfect
+    alignment gives (the occluders, shadows and exposures still spoil the plain mean)."""
+    clean, known = clean_in_frame(capture, anchor)
+    frames = [cv2.warpPerspective(p.astype(np.float32) / 255, true_map(capture, i, anchor), PHOTO)
+              for i, p in enumerate(capture.photos)]
+    return fitted_psnr(np.mean(frames, axis=0), clean, known)
+
+
+def fitted_psnr(img: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
+    """PSNR (dB) inside mask after the best per-channel gain + offset (the photos' exposures differ)."""
+    err = []
+    for c in range(3):
+        x, y = img[..., c][mask], truth[..., c][mask]
+        a, b = np.polyfit(x, y, 1)
+        err.append((a * x + b - y) ** 2)
+    return float(-10 * np.log10(np.mean(err)))
+
+
+def test_aligner_homographies_and_streamed_frames_within_a_pixel(capture, photos):
+    aligner = restore.Aligner(photos, PHOTO, anchor=0, progress=False)
+    assert aligner.rejected == [] and aligner.paths == photos
+    for i, h in enumerate(aligner.homographies):
+        assert corner_error(h, true_map(capture, i, 0), PHOTO) < 1.0, i
+    # What the network is fed: record the transform's output inside the real streaming path.
+    seen = {}
+
+    def record(i, img):
+        out = aligner(i, img)
+        seen[i] = out.permute(1, 2, 0).numpy()
+        return out
+
+    net = mean_net()
+    got = restore.restore_files(photos, net, transform=record, progress=False, tile=None)
+    clean, known = clean_in_frame(capture, 0)
+    for i, frame in seen.items():
+        want = cv2.warpPerspective(capture.photos[i].astype(np.float32) / 255, true_map(capture, i, 0), PHOTO)
+        assert np.median(np.abs(frame - want)[known]) < 0.02, i
+    # The network (a pure mean here) saw the aligned frames: its output is their mean.
+    np.testing.assert_allclose(got.permute(1, 2, 0).numpy(), np.mean(list(seen.values()), axis=0), atol=1e-4)
+
+
+def test_cli_align_output_is_closer_to_the_truth(tmp_path, capture, photos):
+    net = mean_net()
+    ckpt = save_checkpoint(tmp_path / "mean.pt", model_state=net.state_dict(), arch=net.arch, arch_args=net.arch_args)
+    clean, known = clean_in_frame(capture, 0)
+    scores = {}
+    for flag in ("--align", None):
+        out = tmp_path / f"out-{flag}.png"
+        args = ["--quiet", "--checkpoint", str(ckpt), "--out", str(out), str(tmp_path / "in")]
+        assert restore.main(args + ([flag] if flag else [])) == 0
+        scores[flag] = fitted_psnr(np.asarray(Image.open(out), np.float32) / 255, clean, known)
+    best = oracle_psnr(capture, 0)
+    assert scores["--align"] > scores[None] + 5, (scores, best)
+    assert scores["--align"] > best - 0.5, (scores, best)
+
+
+def test_align_to_another_photo(capture, photos, tmp_path):
+    aligner = restore.Aligner(photos, PHOTO, anchor=2, progress=False)
+    for i, h in enumerate(aligner.homographies):
+        assert corner_error(h, true_map(capture, i, 2), PHOTO) < 1.0, i
+    out = tmp_path / "out.png"
+    args = ["--quiet", "--checkpoint", str(save_checkpoint(tmp_path / "m.pt", model_state=mean_net().state_dict(),
+            arch="drs_small", arch_args=mean_net().arch_args)), "--out", str(out), "--align-to", "2", *map(str, photos)]
+    assert restore.main(args) == 0
+    clean, known = clean_in_frame(capture, 2)
+    assert fitted_psnr(np.asarray(Image.open(out), np.float32) / 255, clean, known) > oracle_psnr(capture, 2) - 0.5
+
+
+def test_unalignable_photo_is_skipped_with_its_reason(tmp_path, photos, capsys):
+    other = tmp_path / "in" / "photo9_other.png"
+    Image.fromarray(cv2.resize(object_image("coffee"), PHOTO)).save(other)
+    blank = tmp_path / "in" / "photo8_blank.png"
+    Image.fromarray(np.full((PHOTO[1], PHOTO[0], 3), 200, np.uint8)).save(blank)
+    net = mean_net()
+    ckpt = save_checkpoint(tmp_path / "m.pt", model_state=net.state_dict(), arch=net.arch, arch_args=net.arch_args)
+    out = tmp_path / "out.png"
+    assert restore.main(["--checkpoint", str(ckpt), "--out", str(out), "--align", str(tmp_path / "in")]) == 0
+    err = capsys.readouterr().err
+    assert f"skipping {other}" in err and "matches" in err, err
+    assert f"skipping {blank}" in err and "too few features" in err, err
+    assert f"restored {len(photos)} images" in err, err
+
+
+def test_align_to_out_of_range_fails_cleanly(tmp_path, photos, capsys):
+    net = mean_net()
+    ckpt = save_checkpoint(tmp_path / "m.pt", model_state=net.state_dict(), arch=net.arch, arch_args=net.arch_args)
+    out = tmp_path / "out.png"
+    rc = restore.main(["--quiet", "--checkpoint", str(ckpt), "--out", str(out), "--align-to", "7", *map(str, photos)])
+    assert rc == 2
+    assert "--align-to 7" in capsys.readouterr().err
+    assert not out.exists()
