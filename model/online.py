@@ -128,7 +128,7 @@ def restore_online(
         pooled.append(pool.result())
     if mean_sum is None or size is None:
         raise ValueError("no images were given: cannot restore an empty set")
-    mean_image = (mean_sum / count).contiguous(memory_format=fmt)
+    mean_image = mean_sum.div_(count)  # in place: one less full-resolution buffer
     with autocast:
         out = run_tiled(net.decode, [pooled[-1], mean_image], [1, 4], 4, t, base_halo(net.decoder_radius()))
     return out[0, :, : size[0], : size[1]].contiguous()
