@@ -85,6 +85,8 @@ def restore_online(
         Tiled output equals untiled output up to float rounding (halo = receptive radius).
     device: where to compute (default: the network's device); half: float16 autocast, CUDA only.
     Returns float32 (3, H, W) on `device`, roughly [0, 1] (not clamped).
+    Side effects: `net` is moved to `device`, put in eval mode and (channels_last) converted to
+    channels-last memory format, in place; call net.train() afterwards when evaluating mid-training.
     """
     device = torch.device(device) if device is not None else next(net.parameters()).device
     if half and device.type != "cuda":
