@@ -1,0 +1,147 @@
+"""generator/align.py on semi-real captures: sub-pixel accuracy, trust checks, crop geometry."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from generator.align import (
+    AlignConfig,
+    align,
+    common_square,
+    homography_problem,
+    largest_square,
+    prepare,
+    render_crop,
+)
+from tests.captures import corner_error, make_capture, object_image
+
+REF = (192, 160)
+
+
+def errors(capture, cfg: AlignConfig) -> tuple[list[float], list[str]]:
+    anchor = prepare(capture.reference, cfg)
+    errs, reasons = [], []
+    for photo, truth in zip(capture.photos, capture.truth, strict=True):
+        res = align(anchor, prepare(photo, cfg), cfg)
+        if res.ok:
+            assert res.homography.shape == (3, 3) and res.inliers >= cfg.min_inliers
+            assert res.ecc is None if not cfg.ecc else res.ecc >= cfg.min_ecc
+            errs.append(corner_error(res.homography, truth, REF))
+        else:
+            reasons.append(res.reason)
+    return errs, reasons
+
+
+@pytest.mark.parametrize("name,seed", [("astronaut", 0), ("coffee", 0), ("chelsea", 1)])
+def test_accepted_photos_are_within_a_pixel(name, seed):
+    """Random homographies, gain, colour casts, shading, shadows, occluders, glints, noise."""
+    errs, reasons = errors(make_capture(name, k=4, seed=seed, ref_size=REF), AlignConfig())
+    assert len(errs) >= 3, reasons
+    assert max(errs) < 1.0, errs
+
+
+def test_ecc_refines_the_feature_estimate():
+    caps = [make_capture(n, k=3, seed=s, ref_size=REF) for n, s in (("astronaut", 1), ("chelsea", 2))]
+    with_ecc = [e for c in caps for e in errors(c, AlignConfig())[0]]
+    features_only = [e for c in caps for e in errors(c, AlignConfig(ecc=False))[0]]
+    assert len(with_ecc) == len(features_only) == 6
+    assert np.mean(with_ecc) < 0.8 * np.mean(features_only), (with_ecc, features_only)
+
+
+def test_orb_also_aligns():
+    errs, reasons = errors(make_capture("astronaut", k=3, seed=2, ref_size=REF), AlignConfig(method="orb"))
+    assert len(errs) >= 2 and max(errs) < 1.0, (errs, reasons)
+
+
+def test_work_copy_smaller_than_the_photo_still_gives_full_resolution_homographies():
+    """Aligned on copies downscaled to 120 px, reported in the full images' pixels."""
+    cap = make_capture("astronaut", k=3, seed=4, ref_size=REF)
+    errs, reasons = errors(cap, AlignConfig(work_size=120, min_inliers=15))
+    assert len(errs) >= 2, reasons
+    assert max(errs) < 1.0, errs
+
+
+def test_other_object_and_blank_frame_are_rejected_with_reasons():
+    cap = make_capture("astronaut", k=1, seed=0, ref_size=REF)
+    cfg = AlignConfig()
+    anchor = prepare(cap.reference, cfg)
+    other = make_capture("chelsea", k=1, seed=0, ref_size=REF).photos[0]
+    res = align(anchor, prepare(other, cfg), cfg)
+    assert not res.ok and res.homography is None
+    assert "matches" in res.reason or "inliers" in res.reason, res.reason
+    blank = np.full((176, 224, 3), 120, np.uint8) + np.random.default_rng(0).integers(0, 3, (176, 224, 3), dtype=np.uint8)
+    res = align(anchor, prepare(blank, cfg), cfg)
+    assert not res.ok and "too few features" in res.reason
+
+
+def test_implausible_homographies_are_named():
+    cfg = AlignConfig()
+    size = (200, 150)
+    ok, checks = homography_problem(np.eye(3), size, size, cfg)
+    assert ok is None and checks["overlap"] == pytest.approx(1.0, abs=0.02)
+    cases = {
+        "mirror": np.diag([-1.0, 1, 1]) @ np.array([[1, 0, -199], [0, 1, 0], [0, 0, 1.0]]),
+        "scale change": np.diag([5.0, 5, 1]),
+        "shear": np.array([[1, 4, 0], [0, 1, 0], [0, 0, 1.0]]),
+        "covers only": np.array([[1, 0, 170], [0, 1, 120], [0, 0, 1.0]]),
+        "singular": np.zeros((3, 3)),
+        "horizon": np.array([[1, 0, 0], [0, 1, 0], [-0.01, 0, 1.0]]),
+    }
+    for needle, h in cases.items():
+        problem, _ = homography_problem(h, size, size, cfg)
+        assert problem is not None and needle in problem, (needle, problem)
+
+
+def test_ecc_disagreeing_or_scoring_low_is_rejected():
+    cap = make_capture("astronaut", k=1, seed=5, ref_size=REF)
+    anchor, photo = prepare(cap.reference), prepare(cap.photos[0])
+    res = align(anchor, photo, AlignConfig(min_ecc=0.999))
+    assert not res.ok and "poor ECC score" in res.reason
+    res = align(anchor, photo, AlignConfig(max_ecc_shift=1e-6))
+    assert not res.ok and "ECC moved" in res.reason
+
+
+def test_largest_square_and_common_region():
+    mask = np.zeros((50, 80), bool)
+    mask[5:45, 10:70] = True
+    mask[20, 30] = False  # a hole: the best square lies right of it (columns 31..69)
+    x, y, side = largest_square(mask)
+    assert mask[y:y + side, x:x + side].all()
+    assert side == 39 and x == 31
+    rng = np.random.default_rng(0)
+    for _ in range(5):  # against the textbook dynamic programme
+        m = rng.random((30, 40)) > 0.08
+        dp = np.zeros((31, 41), int)
+        for i in range(30):
+            for j in range(40):
+                dp[i + 1, j + 1] = min(dp[i, j + 1], dp[i + 1, j], dp[i, j]) + 1 if m[i, j] else 0
+        x, y, side = largest_square(m)
+        assert side == dp.max() and m[y:y + side, x:x + side].all()
+    assert largest_square(np.zeros((4, 4), bool)) == (0, 0, 0)
+    # Two photos shifted by +-10 px over a 100x100 anchor: the common square is 80 px, minus the margin.
+    shift = lambda dx: np.array([[1, 0, dx], [0, 1, 0], [0, 0, 1.0]])  # noqa: E731
+    x, y, side = common_square([(100, 100), (100, 100)], [shift(10), shift(-10)], (100, 100), margin=2)
+    assert side == 100 - 20 - 4 - 1 or side == 100 - 20 - 4, side
+    assert 10 + 2 <= x and x + side <= 90 - 2 + 1
+
+
+def test_render_crop_is_an_area_resample_of_the_square():
+    img = object_image("astronaut", 256)
+    h, w = img.shape[:2]
+    got = render_crop(img, np.eye(3), (64, 32, 128), 64)
+    want = cv2.resize(img[32:160, 64:192], (64, 64), interpolation=cv2.INTER_AREA)
+    assert got.shape == (64, 64, 3) and got.dtype == np.uint8
+    assert np.abs(got.astype(float) - want).mean() < 2.0
+    # A translation of the source by the crop offset gives the same square from (0, 0).
+    t = np.array([[1, 0, -64], [0, 1, -32], [0, 0, 1.0]])
+    again = render_crop(img, t, (0, 0, 128), 64)
+    assert np.abs(again.astype(float) - got).max() <= 1
+
+
+def test_config_is_validated():
+    with pytest.raises(ValueError, match="method"):
+        AlignConfig(method="surf")
+    with pytest.raises(ValueError, match="min_inliers"):
+        AlignConfig(min_inliers=0)
