@@ -54,15 +54,16 @@ class ShardSetDataset(Dataset):
     """Sequences of one or more dataset directories (each with a manifest.json).
 
     `dataset[ItemRequest(i, k, seed)]` returns a dict:
-        inputs  float32 (k, 3, crop, crop) in [0, 1]  k of the K images, random subset, random order
-        target  float32 (3, crop, crop) in [0, 1]     (absent when the data has no target)
+        inputs  uint8 (k, 3, crop, crop)  k of the K images, random subset, random order
+        target  uint8 (3, crop, crop)     (absent when the data has no target)
         sequence_id  int
     with one random crop, flip and 90-degree rotation shared by inputs and target. With
     `augment=False` the k images are the first k, uncropped (or centre-cropped to `crop`), so
     validation is deterministic. A corrupt sequence raises DatasetFormatError naming the shard
     file and the sequence, or (on_corrupt="skip") returns None, which `collate_sets` drops and counts.
 
-    HDF5 files are opened lazily, on first read in the process that reads, and reopened after a
+    Items stay uint8 (a quarter of float32's bytes through the workers' shared memory); `to_float`
+    converts a batch on the training device. HDF5 files are opened lazily, on first read in the process that reads, and reopened after a
     fork, so DataLoader workers never share a handle.
     """
 
@@ -196,14 +197,23 @@ class ShardSetDataset(Dataset):
 
 
 def _to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+    """uint8 (N, H, W, 3) -> uint8 (N, 3, H, W), contiguous.
+
+    The transpose is done on uint8 in NumPy: converting a channels-last view to float in torch
+    costs ~10x more, and float items would cost 4x the inter-process bytes.
+    """
+    return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (any shape) -> float32 in [0, 1], on the tensor's device (run it after .to(device))."""
+    return images.float().div_(255.0)
 
 
 def collate_sets(items: list[dict | None]) -> dict:
     """Stack items of one batch (same k); drop skipped (None) items and count them in 'skipped'.
 
-    Returns inputs float32 (B, k, 3, H, W), target float32 (B, 3, H, W), sequence_id int64 (B,),
+    Returns inputs uint8 (B, k, 3, H, W), target uint8 (B, 3, H, W), sequence_id int64 (B,),
     skipped int. B may be 0 when every item of the batch was skipped.
     """
     kept = [it for it in items if it is not None]

@@ -33,7 +33,7 @@ from generator.dataset_format import write_json_atomic
 from model.checkpoint import CheckpointError
 from trainer import checkpoints as ckpt
 from trainer.config import check_config, to_plain
-from trainer.data import SetBatchSampler, ShardSetDataset, make_loader, validation_batches
+from trainer.data import SetBatchSampler, ShardSetDataset, make_loader, to_float, validation_batches
 from trainer.distributed import DistEnv, barrier, broadcast_flag, init_distributed, shutdown
 from trainer.logging_utils import RunLogger, format_validation
 from trainer.optim import EMA, build_optimizer, build_scheduler, compute_loss
@@ -200,8 +200,8 @@ def _forever(sampler: SetBatchSampler, epoch: int, start_batch: int):
 
 def train_step(run: Run, batch: dict) -> tuple[float, float]:
     """One optimisation step on a batch; returns (loss, gradient norm before clipping)."""
-    x = batch["inputs"].to(run.env.device, non_blocking=True)  # (B, k, 3, H, W)
-    y = batch["target"].to(run.env.device, non_blocking=True)  # (B, 3, H, W)
+    x = to_float(batch["inputs"].to(run.env.device, non_blocking=True))  # (B, k, 3, H, W) in [0, 1]
+    y = to_float(batch["target"].to(run.env.device, non_blocking=True))  # (B, 3, H, W) in [0, 1]
     with run.autocast():
         pred = run.model(x)
     loss = compute_loss(pred, y, run.cfg.trainer)

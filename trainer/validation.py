@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from trainer.baselines import median
+from trainer.data import to_float
 from trainer.logging_utils import image_grid
 from trainer.metrics import psnr, ssim
 
@@ -33,22 +34,22 @@ def validate(net: nn.Module, loader: DataLoader, device: torch.device, autocast)
     for batch in loader:
         if "inputs" not in batch:  # every item skipped as unreadable
             continue
-        x = batch["inputs"].to(device)
+        inputs, targets = to_float(batch["inputs"]), to_float(batch["target"])  # float in [0, 1], CPU
+        x = inputs.to(device)
         with autocast():
             pred = net(x)
         pred = pred.float().clamp(0, 1).cpu()
         k = x.shape[1]
         for b in range(x.shape[0]):
-            target = _hwc(batch["target"][b])
+            target = _hwc(targets[b])
             out = _hwc(pred[b])
-            med = median(batch["inputs"][b].permute(0, 2, 3, 1).numpy().astype(np.float64))
+            med = median(inputs[b].permute(0, 2, 3, 1).numpy())
             sums["psnr"] += min(psnr(out, target), PSNR_CAP)
             sums["ssim"] += ssim(out, target)
             sums["median_psnr"] += min(psnr(med, target), PSNR_CAP)
             sums["median_ssim"] += ssim(med, target)
             if grid is None:
-                grid = image_grid(batch["inputs"][b], pred[b], torch.from_numpy(med).permute(2, 0, 1),
-                                  batch["target"][b])
+                grid = image_grid(inputs[b], pred[b], torch.from_numpy(med).permute(2, 0, 1), targets[b])
             n += 1
     net.train(was_training)
     if n == 0:
