@@ -77,8 +77,10 @@ def read_photo(path: Path) -> np.ndarray:
     conversion to 8 bits rounds. Raises OSError/ValueError (PIL's or ours) on unreadable files.
     """
     with Image.open(path) as im:
+        # Look at the tile before getexif(): for PNG that loads the pixels and empties im.tile.
+        sixteen_bit_rgb = im.mode == "RGB" and any("16" in str(tile.args) for tile in im.tile)
         orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
-        if im.mode == "RGB" and any("16" in str(tile.args) for tile in im.tile):
+        if sixteen_bit_rgb:
             arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
             if arr is None or arr.dtype != np.uint16 or arr.ndim != 3:
                 raise ValueError(f"OpenCV cannot decode this 16-bit image ({None if arr is None else arr.dtype})")
