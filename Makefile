@@ -29,7 +29,7 @@ test-fast: setup ## unit tests only (no Blender, no Slurm, no torchrun)
 	$(BIN)/python -m pytest -m "not blender and not slurm and not slow and not torchrun" $(PYTEST_ARGS)
 
 demo: setup ## render, train, evaluate and restore on built-in procedural covers; writes demo/
-	$(BIN)/python -m generator.demo
+	$(BIN)/python -m trainer.demo
 
 lint: setup ## ruff
 	$(BIN)/ruff check .

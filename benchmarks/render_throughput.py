@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=9, help="images per sequence (K)")
     parser.add_argument("--fast-sequences", type=int, default=12)
     parser.add_argument("--reference-sequences", type=int, default=1)
-    parser.add_argument("--reference-samples", type=int, default=512)
+    parser.add_argument("--reference-samples", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="64 px, K=3, 6 fast and 1 reference sequence at 128 spp")
     parser.add_argument("--json", type=Path, help="also write the figures here")

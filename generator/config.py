@@ -72,7 +72,7 @@ class RenderConfig:
     max_memory_mb: float = 4000.0
     max_retries: int = 2
     qa_attempts: int = 3  # re-renders with a new sub-seed before a sequence is rejected
-    timeout_s: float = 900.0
+    timeout_s: float = 600.0  # per image
 
     def __post_init__(self) -> None:
         _check(self.quality in QUALITIES, "render.quality", f"must be one of {QUALITIES}", self.quality)

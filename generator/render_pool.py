@@ -31,6 +31,8 @@ class _WorkerDied(Exception):
 class RenderWorker:
     def __init__(self, settings: dict[str, Any], *, recycle_after: int = 50, max_memory_mb: float = 4000.0,
                  timeout_s: float = 600.0, max_retries: int = 2):
+        """timeout_s: seconds allowed per rendered image (and for start-up) before the worker is
+        declared hung, killed and the request retried."""
         self.settings = settings
         self.recycle_after = recycle_after
         self.max_memory_mb = max_memory_mb
@@ -106,7 +108,8 @@ class RenderWorker:
             self._conn.send({"op": "render", **request})
         except (BrokenPipeError, OSError) as exc:
             raise _WorkerDied(f"pipe closed ({exc})") from exc
-        reply = self._receive(self.timeout_s)
+        # The limit is per image: a reference sequence at high samples legitimately takes minutes.
+        reply = self._receive(self.timeout_s * max(1, len(request.get("frames", [0]))))
         self._served += 1
         if not reply.get("ok"):
             raise _WorkerDied(f"error inside Blender: {reply.get('error', '').strip().splitlines()[-1:]}")
