@@ -397,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.out}: {manifest['num_sequences']} sequences of K={manifest['sequence_length']} "
               f"in {len(manifest['shards'])} shard(s); rejected {len(rej['photos'])} photos, "
               f"{len(rej['sequences'])} sequences", file=sys.stderr)
+        if manifest["sequence_length"] < 9:  # the trainer's data.k_max defaults to 9 (the paper's set size)
+            print(f"  fine-tune on it with data.k_max={manifest['sequence_length']} (at most K images per set)",
+                  file=sys.stderr)
         for r in rej["sequences"]:
             print(f"  sequence {r['sequence']}: {r['reason']}", file=sys.stderr)
         for r in rej["photos"]:
