@@ -145,6 +145,25 @@ def _score(out: np.ndarray, target: np.ndarray) -> dict[str, float]:
     return scores
 
 
+def _run_methods(
+    methods: dict[str, Method],
+    inputs: np.ndarray,
+    target: np.ndarray,
+    key: dict[str, Any],
+    row: GridRow | None,
+) -> list[dict[str, Any]]:
+    """Every method on one subset: one sample dict each (key + method, seconds, scores); fills `row`."""
+    samples = []
+    for name, method in methods.items():
+        out, seconds = _timed(method, inputs)
+        scores = _score(out, target)
+        samples.append({**key, "method": name, "seconds": seconds, **scores})
+        if row is not None:
+            row.outputs[name] = out
+            row.scores[name] = scores["psnr_matched"]
+    return samples
+
+
 def evaluate(dataset_dir: str | Path, methods: dict[str, Method], settings: EvalSettings) -> EvalResult:
     """Run every method on the same subsets of every test sequence; see the module docstring."""
     if not methods:
@@ -176,22 +195,13 @@ def evaluate(dataset_dir: str | Path, methods: dict[str, Method], settings: Eval
                 inputs = frames[list(subset)]
                 want_grid = j == 0 and k == row_k and len(grid) < settings.grid_sequences
                 row = GridRow(rec.sequence_id, inputs, {}, {}, target) if want_grid else None
-                for name, method in methods.items():
-                    out, seconds = _timed(method, inputs)
-                    scores = _score(out, target)
-                    samples.append(
-                        {
-                            "sequence_id": rec.sequence_id,
-                            "k": k,
-                            "subset": list(subset),
-                            "method": name,
-                            "seconds": seconds,
-                            **scores,
-                        }
-                    )
-                    if row is not None:
-                        row.outputs[name] = out
-                        row.scores[name] = scores["psnr_matched"]
+                samples += _run_methods(
+                    methods,
+                    inputs,
+                    target,
+                    {"sequence_id": rec.sequence_id, "k": k, "subset": list(subset)},
+                    row,
+                )
                 if row is not None:
                     grid.append(row)
     if not lengths:
