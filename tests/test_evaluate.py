@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import time
 import sys
+import time
 from pathlib import Path
 
 import h5py
