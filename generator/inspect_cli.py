@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from generator.dataset_format import DatasetFormatError, ShardReader, SequenceRecord, read_manifest
+from generator.dataset_format import DatasetFormatError, SequenceRecord, ShardReader, read_manifest
 
 PAD = 4
 
@@ -50,8 +50,7 @@ def summarize(path: Path) -> str:
         rej = manifest.get("rejected", {})
         head.append(f"seed {manifest.get('seed')}, generator {manifest.get('generator_version')}, "
                     f"Blender {manifest.get('blender_version')}, devices {manifest.get('devices')}")
-        head.append(f"rejected: {len(rej.get('covers', []))} covers, {len(rej.get('frames', []))} frames, "
-                    f"{len(rej.get('sequences', []))} sequences")
+        head.append("rejected: " + (", ".join(f"{len(v)} {k}" for k, v in rej.items()) or "nothing"))
         if manifest.get("timings"):
             head.append("time per stage (s): " + json.dumps(manifest["timings"]))
         if manifest.get("missing_shards"):

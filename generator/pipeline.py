@@ -26,7 +26,14 @@ from generator import __version__
 from generator.composite import composite_cover, frame_masks, linear_to_srgb_u8, qa_problem, srgb_to_linear
 from generator.config import GenerateConfig
 from generator.covers import FolderCovers, ProceduralCovers, open_covers
-from generator.dataset_format import SequenceRecord, atomic_path, shard_entry, shard_path, write_json_atomic, write_shard
+from generator.dataset_format import (
+    SequenceRecord,
+    atomic_path,
+    shard_entry,
+    shard_path,
+    write_json_atomic,
+    write_shard,
+)
 from generator.manifest import part_path
 from generator.render_pool import RenderWorker
 from generator.scene_spec import CAMERA_FOV, CAMERA_HEIGHT, SequenceSpec, sample_sequence

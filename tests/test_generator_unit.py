@@ -124,7 +124,7 @@ def _write_cover_zoo(folder):
     Image.fromarray(rgb).convert("CMYK").save(folder / "d_cmyk.jpg")
     rgba = np.dstack([rgb, np.full((40, 60), 128, np.uint8)])
     Image.fromarray(rgba, "RGBA").save(folder / "e_alpha.png")
-    Image.fromarray((rgb[..., 0].astype(np.uint16) * 257)).save(folder / "f_16bit.png")
+    Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(folder / "f_16bit.png")
     rotated = Image.fromarray(rgb)
     exif = rotated.getexif()
     exif[0x0112] = 6  # "rotate 90 CW to display"

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -16,14 +17,22 @@ from omegaconf import DictConfig
 
 import trainer.config  # noqa: F401  (registers train_schema in the ConfigStore)
 
+log = logging.getLogger("drs-train")
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
+    from generator.dataset_format import DatasetFormatError
+    from model.checkpoint import CheckpointError
     from trainer.train import train  # imported here so `--help` and compose errors stay fast
 
-    summary = train(cfg)
+    try:
+        summary = train(cfg)
+    except (DatasetFormatError, CheckpointError, ValueError, FileNotFoundError) as exc:
+        # A user's mistake (wrong path, wrong checkpoint, impossible setting): say it, no traceback.
+        log.error("%s", exc)
+        sys.exit(2)
     return summary["best_val_psnr"]  # what a Hydra sweeper would maximise
 
 

@@ -94,14 +94,20 @@ def _build_data(cfg: DictConfig, env: DistEnv) -> tuple[ShardSetDataset, SetBatc
     d = cfg.data
     on_corrupt = d.on_corrupt.value
     train_set = ShardSetDataset(d.train, crop=d.crop, augment=True, on_corrupt=on_corrupt)
-    if d.k_max > train_set.sequence_length:
-        raise ValueError(f"data.k_max={d.k_max} but the sequences of {d.train} hold K={train_set.sequence_length} images")
-    sampler = SetBatchSampler(len(train_set), d.batch_size, d.k_min, d.k_max, seed=cfg.seed,
+    k_max = d.k_max
+    if k_max > train_set.sequence_length:
+        # Real captures often hold fewer than 9 photos: train on what there is rather than stop.
+        k_max = train_set.sequence_length
+        log.warning("data.k_max=%d but the sequences of %s hold K=%d images: using k_max=%d",
+                    d.k_max, d.train, train_set.sequence_length, k_max)
+        if d.k_min > k_max:
+            raise ValueError(f"data.k_min={d.k_min} but the sequences of {d.train} hold only K={k_max} images")
+    sampler = SetBatchSampler(len(train_set), d.batch_size, d.k_min, k_max, seed=cfg.seed,
                               rank=env.rank, world_size=env.world_size)
     val_loader = None
     if d.val is not None and env.is_main:
         val_set = ShardSetDataset(d.val, crop=d.val_crop, augment=False, on_corrupt=on_corrupt)
-        val_k = min(d.val_k or d.k_max, val_set.sequence_length)
+        val_k = min(d.val_k or k_max, val_set.sequence_length)
         batches = validation_batches(len(val_set), val_k, d.val_batch_size, d.val_limit)
         val_loader = make_loader(val_set, batches, num_workers=min(d.num_workers, 1))
     return train_set, sampler, val_loader
