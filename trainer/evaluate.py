@@ -19,7 +19,6 @@ import itertools
 import json
 import logging
 import math
-import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -340,16 +339,8 @@ def metrics_markdown(result: EvalResult, info: dict[str, Any]) -> str:
 
 
 def _write_text(path: Path, text: str) -> None:
-    """Atomic write with the usual umask-derived mode (the temporary file is created 0600)."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
-        tmp.chmod(0o666 & ~_umask())
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_reports(result: EvalResult, out_dir: str | Path, info: dict[str, Any]) -> dict[str, Path]:

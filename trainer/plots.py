@@ -36,7 +36,6 @@ def _colour(method: str, index: int) -> str:
 def _save(fig: plt.Figure, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-        tmp.chmod(0o644)  # mkstemp creates 0600; figures are meant to be shared
     plt.close(fig)
 
 
