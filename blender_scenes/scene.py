@@ -10,9 +10,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import bmesh
+
 # bmesh becomes importable only once bpy is loaded, hence this order.
 import bpy  # noqa: I001
-import bmesh
 import numpy as np
 
 PLANE_INDEX = 1
@@ -140,8 +141,9 @@ def clear_transient() -> None:
             bpy.data.images.remove(img)
 
 
-def set_frame(frame: dict[str, Any], occluder_covers: list[np.ndarray]) -> None:
-    """Replace lights and occluders with those of one FrameSpec (as a dict)."""
+def set_frame(frame: dict[str, Any], occluder_covers: list[np.ndarray], seed_salt: int = 0) -> None:
+    """Replace lights and occluders with those of one FrameSpec (as a dict). `seed_salt` shifts
+    Cycles' sampling seed: the same scene with an independent noise pattern."""
     clear_transient()
     coll = bpy.data.collections[_TRANSIENT]
     for i, light in enumerate(frame["lights"]):
@@ -158,7 +160,7 @@ def set_frame(frame: dict[str, Any], occluder_covers: list[np.ndarray]) -> None:
     bg = bpy.context.scene.world.node_tree.nodes["Background"]
     bg.inputs["Color"].default_value = (1.0, 1.0, 1.0, 1.0)
     bg.inputs["Strength"].default_value = frame["ambient"]
-    bpy.context.scene.cycles.seed = frame["cycles_seed"]
+    bpy.context.scene.cycles.seed = (frame["cycles_seed"] + seed_salt) % 2**31
 
 
 def _make_occluder(i: int, occ: dict[str, Any], occluder_covers: list[np.ndarray]) -> bpy.types.Object:

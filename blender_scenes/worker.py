@@ -2,7 +2,8 @@
 
 Protocol over a multiprocessing Pipe, plain picklable values only:
     parent -> worker: {"op": "render", "sequence": SequenceSpec dict, "cover": (H,W,3) float32 linear
-                       or None, "albedo": float, "occluder_covers": [(h,w,3) float32], "frames": [int]}
+                       or None, "albedo": float, "occluder_covers": [(h,w,3) float32], "frames": [int],
+                       "seed_salt": int}
                       {"op": "stop"}
     worker -> parent: {"ok": True, "frames": [{pass name: array}], "timings": {...}, "rss_mb": float}
                       {"ok": False, "error": str}
@@ -61,7 +62,7 @@ def _render_sequence(request: dict[str, Any], scratch: str, scene, render) -> di
     frames = []
     for j in request["frames"]:
         t0 = time.perf_counter()
-        scene.set_frame(spec["frames"][j], request["occluder_covers"])
+        scene.set_frame(spec["frames"][j], request["occluder_covers"], request.get("seed_salt", 0))
         t1 = time.perf_counter()
         frames.append(render.render_passes(scratch))
         timings["scene"] += t1 - t0

@@ -73,6 +73,9 @@ class RenderConfig:
     max_retries: int = 2
     qa_attempts: int = 3  # re-renders with a new sub-seed before a sequence is rejected
     timeout_s: float = 600.0  # per image
+    # Added to every Cycles seed: the same scenes with independent render noise (the render
+    # benchmark gives its reference this, so noise shared with the fast render cannot flatter it).
+    seed_salt: int = 0
 
     def __post_init__(self) -> None:
         _check(self.quality in QUALITIES, "render.quality", f"must be one of {QUALITIES}", self.quality)

@@ -176,6 +176,7 @@ class ShardRenderer:
             "albedo": 1.0 if reference else cfg.render.grey_albedo,
             "occluder_covers": self.occluder_textures(spec),
             "frames": list(range(cfg.sequence_length)),
+            "seed_salt": cfg.render.seed_salt,
         })
         for stage, seconds in reply["timings"].items():
             stats.timings[stage] += seconds
