@@ -34,8 +34,8 @@ demo: setup ## render, train, evaluate and restore on built-in procedural covers
 lint: setup ## ruff
 	$(BIN)/ruff check .
 
-bench: setup ## run every benchmark and write benchmarks/RESULTS.md
-	$(BIN)/python benchmarks/run_all.py
+bench: setup ## run every benchmark, write benchmarks/RESULTS.md (BENCH_ARGS=--quick: minutes)
+	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
 
 clean: ## remove caches and demo output (keeps .venv)
 	rm -rf demo outputs multirun .pytest_cache .ruff_cache
