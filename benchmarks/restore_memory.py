@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/restore_memory.py --quick    # 1280x720, K = 2, 6 (about a minute)
 
 Every measurement runs in a fresh child process and reports that process's own peak resident set
-(ru_maxrss), so imports and allocator state of one run cannot leak into another. Goal (issue 4):
+(VmHWM; not ru_maxrss, which also counts the parent's memory inherited through fork), so imports
+and allocator state of one run cannot leak into another. Goal (issue 4):
 peak memory at K = 50 within 10 % of K = 2, and under 3 GB at 4K on the CPU.
 
 Also times the network's two halves on one 1920x1080 image (encode: once per photo; decode: once
@@ -35,6 +36,13 @@ ANCHOR_1080P = {"encode_s": 4.2, "decode_s": 9.2}
 CHILD = r"""
 import json, resource, sys, time
 from pathlib import Path
+def _peak_mb():
+    # VmHWM: this process image's own high-water mark. ru_maxrss would also count the parent's
+    # memory, inherited through fork() before exec().
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 mode, ckpt, out, tile, *paths = sys.argv[1:]
 import numpy as np
 start = time.perf_counter()
@@ -62,7 +70,7 @@ else:  # "halves": the network's encode and decode on one image, for the speed a
     print(json.dumps({"encode_s": t1 - t0, "decode_s": t2 - t1}))
     sys.exit(0)
 wall = time.perf_counter() - start
-print(json.dumps({"rc": rc, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "wall_s": wall}))
+print(json.dumps({"rc": rc, "peak_mb": _peak_mb(), "wall_s": wall}))
 """
 
 
