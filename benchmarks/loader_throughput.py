@@ -2,6 +2,10 @@
 
     .venv/bin/python benchmarks/loader_throughput.py            # 48 sequences, 256 px, K=9
     .venv/bin/python benchmarks/loader_throughput.py --quick    # 16 sequences, 128 px, seconds
+    .venv/bin/python benchmarks/loader_throughput.py --dataset data/synth   # rendered sequences instead
+
+Without --dataset the sequences are the tests' smooth synthetic ones, which PNG compresses far
+better than real renders (grain, noise): --dataset measures what training will actually read.
 
 Both loaders deliver the same thing (all K images and the target of a sequence as float tensors,
 batches of 10, 2 DataLoader workers), measured in one run under the same machine load. Also
@@ -58,6 +62,43 @@ def write_pngs(root: Path, n: int, k: int, size: int, seed: int) -> None:
         Image.fromarray(target).save(d / "target.png")
 
 
+def copy_rendered(dataset: Path, shards_dir: Path, png_root: Path, n: int) -> int:
+    """The first n sequences of a rendered dataset, re-written as shards and as a PNG folder."""
+    from generator.dataset_format import (
+        MANIFEST_NAME,
+        SCHEMA_VERSION,
+        ShardReader,
+        dataset_shards,
+        shard_entry,
+        shard_path,
+        write_json_atomic,
+        write_shard,
+    )
+
+    records, attrs = [], {}
+    for path in dataset_shards(dataset):
+        with ShardReader(path) as reader:
+            attrs = reader.attrs
+            for i in range(min(len(reader), n - len(records))):
+                records.append(reader.read(i))
+        if len(records) >= n:
+            break
+    entries = []
+    for start in range(0, len(records), 16):
+        path = write_shard(shard_path(shards_dir, start // 16), records[start:start + 16], seed=attrs["seed"],
+                           config={}, generator_version=attrs["generator_version"], blender_version=attrs["blender_version"])
+        entries.append(shard_entry(shards_dir, path, records[start].sequence_id, len(records[start:start + 16])))
+    write_json_atomic(shards_dir / MANIFEST_NAME, {"schema_version": SCHEMA_VERSION, "seed": attrs["seed"], "config": {},
+                                                   "shards": entries, "rejected": {}, "timings": {}})
+    for sid, rec in enumerate(records):
+        d = png_root / f"seq-{sid:05d}"
+        d.mkdir(parents=True)
+        for j, img in enumerate(rec.inputs):
+            Image.fromarray(img).save(d / f"{j}.png")
+        Image.fromarray(rec.target).save(d / "target.png")
+    return len(records)
+
+
 def dir_bytes(root: Path, pattern: str) -> int:
     return sum(p.stat().st_size for p in root.rglob(pattern))
 
@@ -104,6 +145,7 @@ def main() -> None:
     parser.add_argument("--train-k", type=int, default=5, help="mean set size of training (k cycles 1..9)")
     parser.add_argument("--train-steps", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="16 sequences at 128 px, 2 epochs, 2 train steps")
+    parser.add_argument("--dataset", type=Path, help="read rendered sequences from this dataset (drs-generate output)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     if args.quick:
@@ -112,9 +154,15 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="drs-loader-bench-") as tmp:
         tmp = Path(tmp)
-        shards = make_tiny_dataset(tmp / "shards", num_sequences=args.sequences, k=args.length,
-                                   size=args.resolution, sequences_per_shard=16)
-        write_pngs(tmp / "png", args.sequences, args.length, args.resolution, seed=0)
+        if args.dataset:
+            shards = tmp / "shards"
+            args.sequences = copy_rendered(args.dataset, shards, tmp / "png", args.sequences)
+            probe = ShardSetDataset(shards, crop=None)
+            args.length, args.resolution = probe.sequence_length, probe.image_size[0]
+        else:
+            shards = make_tiny_dataset(tmp / "shards", num_sequences=args.sequences, k=args.length,
+                                       size=args.resolution, sequences_per_shard=16)
+            write_pngs(tmp / "png", args.sequences, args.length, args.resolution, seed=0)
 
         ds = ShardSetDataset(shards, crop=None, augment=True)
         sampler = SetBatchSampler(len(ds), args.batch, args.length, args.length, seed=0)
