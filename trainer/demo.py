@@ -9,7 +9,8 @@ It runs the project's own commands, exactly as a user would type them, and write
     demo/restore_comparison.png   its inputs, the median, the restoration and the true cover
 
 Training starts from the packaged pretrained weights when they exist (DEMO_FROM_SCRATCH=1 trains
-from scratch instead). Each step is skipped when its output is already there, so a rerun is quick.
+from scratch instead). Sizes can be shrunk for a smoke test: DEMO_DIR, DEMO_RESOLUTION,
+DEMO_TRAIN_SEQUENCES, DEMO_TEST_SEQUENCES, DEMO_STEPS.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ from trainer.restore import PACKAGED_WEIGHTS
 
 BIN = Path(sys.executable).parent
 OUT = Path(os.environ.get("DEMO_DIR", "demo"))
-RESOLUTION = 64
+RESOLUTION = int(os.environ.get("DEMO_RESOLUTION", 64))
+TRAIN_SEQUENCES = int(os.environ.get("DEMO_TRAIN_SEQUENCES", 96))
+TEST_SEQUENCES = int(os.environ.get("DEMO_TEST_SEQUENCES", 12))
+STEPS = int(os.environ.get("DEMO_STEPS", 300))
 K = 9
 
 
@@ -44,8 +48,8 @@ def run(*args: str) -> None:
 def render_data() -> tuple[Path, Path]:
     train, test = OUT / "data" / "train", OUT / "data" / "test"
     common = [f"sequence_length={K}", f"resolution={RESOLUTION}", "sequences_per_shard=32"]
-    run("drs-generate", f"out_dir={train}", "num_sequences=96", "seed=1", *common)
-    run("drs-generate", f"out_dir={test}", "num_sequences=12", "seed=2", *common)
+    run("drs-generate", f"out_dir={train}", f"num_sequences={TRAIN_SEQUENCES}", "seed=1", *common)
+    run("drs-generate", f"out_dir={test}", f"num_sequences={TEST_SEQUENCES}", "seed=2", *common)
     run("drs-inspect", str(train), "--out", str(OUT / "contact_sheet.png"), "--masks", "--sequences", "3")
     return train, test
 
@@ -55,9 +59,10 @@ def train(train_dir: Path, test_dir: Path) -> Path:
     best = out / "checkpoints" / "best.pt"
     if best.exists():
         return best
-    args = [f"data.train={train_dir}", f"data.val={test_dir}", f"out_dir={out}", "trainer.max_steps=300",
-            "data.crop=64", "data.batch_size=8", "data.num_workers=1", "trainer.val_every=100", "trainer.ckpt_every=100",
-            "trainer.log_every=50", "optim.warmup_steps=20"]
+    every = max(1, STEPS // 3)
+    args = [f"data.train={train_dir}", f"data.val={test_dir}", f"out_dir={out}", f"trainer.max_steps={STEPS}",
+            f"data.crop={RESOLUTION}", "data.batch_size=8", "data.num_workers=1", f"trainer.val_every={every}",
+            f"trainer.ckpt_every={every}", f"trainer.log_every={every}", f"optim.warmup_steps={min(20, STEPS)}"]
     if PACKAGED_WEIGHTS.exists() and not os.environ.get("DEMO_FROM_SCRATCH"):
         args += [f"init_from={PACKAGED_WEIGHTS}", "optim.lr=1e-4"]
     else:
