@@ -65,13 +65,11 @@ def write_pngs(root: Path, n: int, k: int, size: int, seed: int) -> None:
 def copy_rendered(dataset: Path, shards_dir: Path, png_root: Path, n: int) -> int:
     """The first n sequences of a rendered dataset, re-written as shards and as a PNG folder."""
     from generator.dataset_format import (
-        MANIFEST_NAME,
-        SCHEMA_VERSION,
         ShardReader,
         dataset_shards,
         shard_entry,
         shard_path,
-        write_json_atomic,
+        write_manifest,
         write_shard,
     )
 
@@ -88,8 +86,7 @@ def copy_rendered(dataset: Path, shards_dir: Path, png_root: Path, n: int) -> in
         path = write_shard(shard_path(shards_dir, start // 16), records[start:start + 16], seed=attrs["seed"],
                            config={}, generator_version=attrs["generator_version"], blender_version=attrs["blender_version"])
         entries.append(shard_entry(shards_dir, path, records[start].sequence_id, len(records[start:start + 16])))
-    write_json_atomic(shards_dir / MANIFEST_NAME, {"schema_version": SCHEMA_VERSION, "seed": attrs["seed"], "config": {},
-                                                   "shards": entries, "rejected": {}, "timings": {}})
+    write_manifest(shards_dir, seed=attrs["seed"], config={}, shards=entries)
     for sid, rec in enumerate(records):
         d = png_root / f"seq-{sid:05d}"
         d.mkdir(parents=True)

@@ -333,6 +333,39 @@ def read_manifest(dataset_dir: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
+def write_manifest(
+    dataset_dir: str | os.PathLike,
+    *,
+    seed: int,
+    config: dict[str, Any],
+    shards: list[dict[str, Any]],
+    source: str = "synthetic",
+    rejected: dict[str, list] | None = None,
+    timings: dict[str, float] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Write DATASET/manifest.json atomically with the keys every reader relies on; returns it.
+
+    shards: entries from `shard_entry`, in order. `extra` adds writer-specific keys (devices,
+    missing_shards, sequence_length, ...).
+    """
+    if source not in SOURCES:
+        raise DatasetFormatError(f"{dataset_dir}: source must be one of {SOURCES}, got {source!r}")
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "seed": int(seed),
+        "config": config,
+        "source": source,
+        "num_sequences": sum(int(e["count"]) for e in shards),
+        "shards": shards,
+        "rejected": rejected or {},
+        "timings": {k: round(v, 3) for k, v in sorted((timings or {}).items())},
+        **extra,
+    }
+    write_json_atomic(Path(dataset_dir) / MANIFEST_NAME, manifest)
+    return manifest
+
+
 def shard_entry(dataset_dir: str | os.PathLike, path: str | os.PathLike, first_sequence_id: int, count: int) -> dict[str, Any]:
     """The manifest's record of one written shard."""
     path = Path(path)

@@ -50,12 +50,10 @@ from generator.align import (
     work_copy,
 )
 from generator.dataset_format import (
-    MANIFEST_NAME,
-    SCHEMA_VERSION,
     SequenceRecord,
     shard_entry,
     shard_path,
-    write_json_atomic,
+    write_manifest,
     write_shard,
 )
 
@@ -333,14 +331,8 @@ def _build(folders, stage, cfg, config, resolution, per_shard, sequence_length, 
             shard_index += 1
     shutil.rmtree(stage / "staged")
     timings["write"] += time.perf_counter() - t
-    manifest = {
-        "schema_version": SCHEMA_VERSION, "seed": 0, "config": config, "source": "real",
-        "generator_version": __version__, "blender_version": "", "num_sequences": len(kept),
-        "sequence_length": k, "shards": shards, "rejected": rejected,
-        "timings": {name: round(s, 3) for name, s in sorted(timings.items())},
-    }
-    write_json_atomic(stage / MANIFEST_NAME, manifest)
-    return manifest
+    return write_manifest(stage, seed=0, config=config, shards=shards, source="real", rejected=rejected,
+                          timings=timings, generator_version=__version__, blender_version="", sequence_length=k)
 
 
 def _publish(stage: Path, out: Path) -> None:

@@ -13,13 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from generator.dataset_format import (
-    MANIFEST_NAME,
-    SCHEMA_VERSION,
-    sha256_file,
-    shard_path,
-    write_json_atomic,
-)
+from generator.dataset_format import sha256_file, shard_path, write_manifest
 
 PARTS_DIR = "manifest.parts"
 
@@ -72,19 +66,15 @@ def merge_parts(dataset_dir: str | os.PathLike, expected_shards: int | None = No
                 covers_seen.add(item["file"])
                 rejected["covers"].append(item)
     present = {p["shard_index"] for p in parts}
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "seed": first["seed"],
-        "config": first["config"],
-        "generator_version": first["generator_version"],
-        "blender_version": first["blender_version"],
-        "source": "synthetic",
-        "num_sequences": sum(p["shard"]["count"] for p in parts),
-        "shards": [p["shard"] for p in parts],
-        "rejected": rejected,
-        "timings": {k: round(v, 3) for k, v in sorted(timings.items())},
-        "devices": sorted({p["device"] for p in parts}),
-        "missing_shards": sorted(set(range(expected_shards)) - present) if expected_shards else [],
-    }
-    write_json_atomic(dataset_dir / MANIFEST_NAME, manifest)
-    return manifest
+    return write_manifest(
+        dataset_dir,
+        seed=first["seed"],
+        config=first["config"],
+        shards=[p["shard"] for p in parts],
+        rejected=rejected,
+        timings=timings,
+        generator_version=first["generator_version"],
+        blender_version=first["blender_version"],
+        devices=sorted({p["device"] for p in parts}),
+        missing_shards=sorted(set(range(expected_shards)) - present) if expected_shards else [],
+    )

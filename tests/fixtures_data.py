@@ -20,12 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from generator.dataset_format import (
-    MANIFEST_NAME,
-    SCHEMA_VERSION,
     SequenceRecord,
     shard_entry,
     shard_path,
-    write_json_atomic,
+    write_manifest,
     write_shard,
 )
 
@@ -96,13 +94,5 @@ def make_tiny_dataset(
             path, records, seed=seed, config=config, generator_version="fixture", blender_version="none", source=source
         )
         entries.append(shard_entry(out_dir, path, first, len(records)))
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "seed": seed,
-        "config": config,
-        "shards": entries,
-        "rejected": [],
-        "timings": {},
-    }
-    write_json_atomic(out_dir / MANIFEST_NAME, manifest)
+    write_manifest(out_dir, seed=seed, config=config, shards=entries, source=source)
     return out_dir
