@@ -39,7 +39,7 @@ def machine() -> str:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (f"{platform.node()}: {platform.processor() or platform.machine()}, {psutil.cpu_count()} cores, "
             f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, GPU {gpu}, Python {platform.python_version()}, "
-            f"load average at start {load:.1f}")
+            f"load average at start {load:.1f}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
 
 
 def main() -> int:
@@ -65,7 +65,8 @@ def main() -> int:
             run = subprocess.run(cmd, capture_output=True, text=True)
             seconds = time.perf_counter() - start
             print(run.stdout, flush=True)
-            sections += [f"## {script}", "", f"`{' '.join([script] + cmd[2:])}` ({seconds:.0f} s)", "", "```", run.stdout.strip(), "```", ""]
+            shown = " ".join([script] + (["--quick"] if args.quick else []))
+            sections += [f"## {script}", "", f"`{shown}` ({seconds:.0f} s)", "", "```", run.stdout.strip(), "```", ""]
             if run.returncode != 0:
                 failed.append(script)
                 sections += ["Failed:", "```", run.stderr.strip()[-3000:], "```", ""]
