@@ -192,7 +192,8 @@ class ShardRenderer:
         linear = [p["image"] if reference else composite_cover(p, cover_linear, cfg.render.grey_albedo) for p in lighting["frames"]]
         t1 = time.perf_counter()
         inputs = np.stack([linear_to_srgb_u8(x) for x in linear])
-        masks = [frame_masks(p, spec.to_dict()["frames"][j]["lights"]) for j, p in enumerate(lighting["frames"])]
+        spec_dict = spec.to_dict()
+        masks = [frame_masks(p, spec_dict["frames"][j]["lights"]) for j, p in enumerate(lighting["frames"])]
         stats.timings["composite"] += t1 - t0
         stats.timings["encode"] += time.perf_counter() - t1
         for j, (lin, srgb) in enumerate(zip(linear, inputs, strict=True)):
@@ -200,7 +201,7 @@ class ShardRenderer:
             if problem:
                 raise SequenceRejected(f"frame {j}: {problem}")
         params = {
-            "spec": spec.to_dict(),
+            "spec": spec_dict,
             "cover": self._cover_name(spec.cover_index),
             "render": {"quality": cfg.render.quality, "device": self.worker.device},
         }
