@@ -30,10 +30,11 @@ from trainer.restore import PACKAGED_WEIGHTS
 
 BIN = Path(sys.executable).parent
 OUT = Path(os.environ.get("DEMO_DIR", "demo"))
-RESOLUTION = int(os.environ.get("DEMO_RESOLUTION", 64))
+# 128 px: the packaged weights were trained at that scale (their recipe is in the README).
+RESOLUTION = int(os.environ.get("DEMO_RESOLUTION", 128))
 TRAIN_SEQUENCES = int(os.environ.get("DEMO_TRAIN_SEQUENCES", 96))
-TEST_SEQUENCES = int(os.environ.get("DEMO_TEST_SEQUENCES", 12))
-STEPS = int(os.environ.get("DEMO_STEPS", 300))
+TEST_SEQUENCES = int(os.environ.get("DEMO_TEST_SEQUENCES", 16))
+STEPS = int(os.environ.get("DEMO_STEPS", 200))
 K = 9
 
 
@@ -61,7 +62,7 @@ def train(train_dir: Path, test_dir: Path) -> Path:
         return best
     every = max(1, STEPS // 3)
     args = [f"data.train={train_dir}", f"data.val={test_dir}", f"out_dir={out}", f"trainer.max_steps={STEPS}",
-            f"data.crop={RESOLUTION}", "data.batch_size=8", "data.num_workers=1", f"trainer.val_every={every}",
+            f"data.crop={min(96, RESOLUTION)}", "data.batch_size=8", "data.num_workers=1", f"trainer.val_every={every}",
             f"trainer.ckpt_every={every}", f"trainer.log_every={every}", f"optim.warmup_steps={min(20, STEPS)}"]
     if PACKAGED_WEIGHTS.exists() and not os.environ.get("DEMO_FROM_SCRATCH"):
         args += [f"init_from={PACKAGED_WEIGHTS}", "optim.lr=1e-4"]
@@ -89,7 +90,7 @@ def export_held_out(test_dir: Path) -> tuple[list[Path], np.ndarray, np.ndarray]
 def comparison(inputs: np.ndarray, restored: np.ndarray, target: np.ndarray) -> Image.Image:
     median = np.median(inputs, axis=0).astype(np.uint8)
     h, w = target.shape[:2]
-    scale = 3
+    scale = max(1, 256 // h)  # about 256 px per tile on screen
     tiles = [("inputs", img) for img in inputs[:5]] + [("median", median), ("restored", restored), ("true cover", target)]
     sheet = Image.new("RGB", (len(tiles) * (w * scale + 6) + 6, h * scale + 28), (30, 30, 30))
     draw = ImageDraw.Draw(sheet)
