@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -186,7 +185,3 @@ def procedural_cover(rng: np.random.Generator, size: int) -> Image.Image:
     arr = np.clip(np.asarray(img, dtype=np.float32) + grain, 0, 255).astype(np.uint8)
     return Image.fromarray(arr, "RGB")
 
-
-def iter_covers(source: FolderCovers | ProceduralCovers, resolution: int, count: int) -> Iterator[np.ndarray]:
-    for i in range(count):
-        yield source.get(i, resolution)
