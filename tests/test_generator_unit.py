@@ -12,7 +12,7 @@ from PIL import Image
 from generator.cli_generate import CONF_DIR
 from generator.composite import composite_cover, linear_to_srgb_u8, qa_problem, srgb_to_linear
 from generator.config import ConfigError, GenerateConfig, SceneConfig, register, validate
-from generator.covers import CoverError, FolderCovers, ProceduralCovers
+from generator.covers import CoverError, FolderCovers, ProceduralCovers, to_rgb
 from generator.pipeline import shard_sequence_ids
 from generator.scene_spec import SequenceSpec, sample_sequence
 
@@ -125,16 +125,19 @@ def _write_cover_zoo(folder):
     rgba = np.dstack([rgb, np.full((40, 60), 128, np.uint8)])
     Image.fromarray(rgba, "RGBA").save(folder / "e_alpha.png")
     Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(folder / "f_16bit.png")
-    rotated = Image.fromarray(rgb)
+    # smooth and asymmetric, so JPEG keeps it and every orientation looks different
+    yy, xx = np.mgrid[0:40, 0:60]
+    smooth = np.dstack([xx * 4, yy * 6, (xx * yy) // 10]).clip(0, 255).astype(np.uint8)
+    rotated = Image.fromarray(smooth)
     exif = rotated.getexif()
     exif[0x0112] = 6  # "rotate 90 CW to display"
     rotated.save(folder / "g_exif.jpg", exif=exif)
     (folder / "h_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
-    return rgb
+    return rgb, smooth
 
 
 def test_folder_covers_read_every_kind_and_skip_broken_files(tmp_path):
-    rgb = _write_cover_zoo(tmp_path)
+    rgb, smooth = _write_cover_zoo(tmp_path)
     covers = FolderCovers(tmp_path)
     assert len(covers) == 8
     images = [covers.get(i, 32) for i in range(len(covers))]
@@ -142,10 +145,16 @@ def test_folder_covers_read_every_kind_and_skip_broken_files(tmp_path):
     # the corrupt file (index 7) fell through to the next usable one, and was recorded
     assert any("h_corrupt.png" in k for k in covers.rejected)
     assert np.array_equal(images[7], images[0])
-    # EXIF orientation applied: the portrait-displayed image is the transposed-ish original
+    # EXIF orientation 6 ("rotate 90 clockwise to display") is applied: the stored 60x40 landscape
+    # comes out as the 40x60 portrait a viewer shows.
     with Image.open(tmp_path / "g_exif.jpg") as im:
-        assert im.size == (60, 40)
-    assert rgb.shape[:2] == (40, 60)
+        shown = np.asarray(to_rgb(im), dtype=float)
+    assert shown.shape == (60, 40, 3)
+    np.testing.assert_allclose(shown, np.rot90(smooth, -1), atol=12)  # JPEG error only
+    # 16-bit values are scaled down, not truncated to their low byte
+    with Image.open(tmp_path / "f_16bit.png") as im:
+        grey = np.asarray(to_rgb(im), dtype=float)
+    np.testing.assert_allclose(grey[..., 0], rgb[..., 0], atol=1)
 
 
 def test_zero_usable_covers_is_a_clear_error(tmp_path):

@@ -100,3 +100,13 @@ def test_unknown_key_and_cross_field_errors():
         check_config(_compose(["data.train=x", "data.k_min=5", "data.k_max=2"]))
     with pytest.raises(ValueError, match="data.train"):
         check_config(_compose([]))
+
+
+def test_config_choices_match_the_model():
+    # The schema spells the choices out (importing model/ would pull torch into every compose);
+    # this keeps the two lists from drifting apart.
+    from model import AGGREGATIONS, ARCHITECTURES
+    from trainer.config import Aggregation, Arch
+
+    assert {a.value for a in Arch} == set(ARCHITECTURES)
+    assert {a.value for a in Aggregation} == set(AGGREGATIONS)
