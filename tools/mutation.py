@@ -1,0 +1,124 @@
+"""Mutation testing of the modules listed in tools/mutation.toml, one module at a time.
+
+Usage: python tools/mutation.py [--out DIR] [MODULE ...]    (`make mutation`; MODULE like model/online.py)
+
+Why a copy: mutmut writes every mutant into `mutants/` beside the sources and runs the tests
+there. Doing that in the working tree would leave mutated code where other people (and
+`make test`) import it, so each module gets its own throw-away copy of the tree (tracked and
+untracked, non-ignored files) under a temporary directory; the working tree is only read.
+
+Each module runs only the fast test tier of the files mapped to it, one worker, and mutmut's own
+per-function test selection (its stats pass records which test calls which function). The score is
+killed / (killed + survived): a timeout counts as killed (the tests noticed: something hung), a
+mutant that no test reaches counts as survived (that is a gap too), and the mutants listed under
+[equivalent] in the config are left out. OUT/MODULE.md lists every survivor with its diff.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "tools" / "mutation.toml"
+FAST_TIER = "not blender and not slurm and not slow and not torchrun"
+PACKAGES = ["generator", "model", "trainer", "blender_scenes"]
+KILLED = {"killed", "timeout", "caught by type check"}
+SURVIVED = {"survived", "no tests"}
+
+
+def copy_tree(dest: Path) -> None:
+    """Tracked and untracked-but-not-ignored files: what `git status` would show, nothing built."""
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT, check=True, capture_output=True,
+    ).stdout.decode().split("\0")
+    for rel in filter(None, files):
+        src = ROOT / rel
+        if src.is_file():  # deleted-but-tracked files are listed too
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+
+
+def mutmut_config(module: str, tests: list[str], copy: Path) -> str:
+    """setup.cfg [mutmut] for one module (pyproject.toml has no [tool.mutmut], so mutmut reads this)."""
+    also_copy = sorted(p.name for p in copy.iterdir() if p.name not in {"mutants", "setup.cfg", ".git"})
+    lines = ["[mutmut]",
+             "source_paths =", *[f"    {p}" for p in PACKAGES],
+             f"only_mutate = {module}",
+             # conf/, the packaged weights and the other non-Python files the tests read
+             "also_copy =", *[f"    {p}" for p in also_copy],
+             "pytest_add_cli_args_test_selection =", *[f"    {t}" for t in tests],
+             "pytest_add_cli_args =", "    -m", f"    {FAST_TIER}", "    -p", "    no:cacheprovider",
+             "use_git_change_detection = false"]
+    return "\n".join(lines) + "\n"
+
+
+def mutmut(copy: Path, *args: str, capture: bool = False) -> str:
+    exe = Path(sys.executable).parent / "mutmut"
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    done = subprocess.run(["nice", "-n", "15", str(exe), *args], cwd=copy, env=env, check=not capture,
+                          capture_output=capture, text=True)
+    return done.stdout if capture else ""
+
+
+def run_module(module: str, tests: list[str], equivalent: dict[str, str], out: Path) -> dict:
+    tests = [t for t in tests if (ROOT / t).exists()]
+    with tempfile.TemporaryDirectory(prefix="drs-mutation-") as tmp:
+        copy = Path(tmp)
+        copy_tree(copy)
+        (copy / "setup.cfg").write_text(mutmut_config(module, tests, copy))
+        mutmut(copy, "run", "--max-children", "1")
+        status: dict[str, str] = {}
+        for line in mutmut(copy, "results", "--all", "true", capture=True).splitlines():
+            name, sep, state = line.strip().rpartition(": ")
+            if sep:
+                status[name] = state
+        survivors = [n for n, s in sorted(status.items()) if s in SURVIVED and n not in equivalent]
+        diffs = {n: mutmut(copy, "show", n, capture=True) for n in survivors}
+    killed = sum(s in KILLED for n, s in status.items() if n not in equivalent)
+    excluded = [n for n in status if n in equivalent]
+    other = sorted({s for s in status.values()} - KILLED - SURVIVED)
+    score = killed / (killed + len(survivors)) if killed + len(survivors) else 1.0
+    report = [f"# {module}: {score:.1%} ({killed} killed, {len(survivors)} survived, "
+              f"{len(excluded)} equivalent excluded)", "",
+              f"tests: {' '.join(tests)}", ""]
+    if other:
+        report += [f"other states (not scored): {other}", ""]
+    report += ["## equivalent (excluded)", ""] + [f"- `{n}`: {equivalent[n]}" for n in excluded] + [""]
+    report += ["## survivors", ""]
+    for n in survivors:
+        report += [f"### {n} ({status[n]})", "", "```diff", diffs[n].strip(), "```", ""]
+    path = out / (module.replace("/", ".").removesuffix(".py") + ".md")
+    path.write_text("\n".join(report))
+    return {"module": module, "score": score, "killed": killed, "survived": len(survivors),
+            "equivalent": len(excluded), "report": path}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("modules", nargs="*", help="default: every module in tools/mutation.toml")
+    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "mutation")
+    args = parser.parse_args(argv)
+    config = tomllib.loads(CONFIG.read_text())
+    unknown = [m for m in args.modules if m not in config["modules"]]
+    if unknown:
+        print(f"error: not in {CONFIG.relative_to(ROOT)}: {unknown}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = [run_module(m, config["modules"][m], config.get("equivalent", {}), args.out)
+            for m in args.modules or list(config["modules"])]
+    print(f"\n{'module':32} {'score':>7} {'killed':>7} {'survived':>9} {'equiv.':>7}")
+    for r in rows:
+        print(f"{r['module']:32} {r['score']:7.1%} {r['killed']:7d} {r['survived']:9d} {r['equivalent']:7d}  {r['report']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
