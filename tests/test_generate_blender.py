@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -16,7 +17,8 @@ from skimage.registration import phase_cross_correlation
 from generator.cli_generate import generate
 from generator.config import GenerateConfig, RenderConfig, SceneConfig
 from generator.dataset_format import ShardReader, read_manifest, sha256_file, shard_path, validate_shard
-from generator.pipeline import cache_dir, make_worker
+from generator.manifest import merge_parts
+from generator.pipeline import ShardRenderer, ShardStats, cache_dir, make_worker
 from generator.render_pool import RenderWorker
 
 pytestmark = pytest.mark.blender
@@ -151,6 +153,30 @@ def test_frames_failing_qa_are_redrawn_then_rejected_with_reasons(tmp_path):
     with pytest.raises(RuntimeError, match="all black"):
         generate(_cfg(tmp_path / "dark", num_sequences=1, sequences_per_shard=1, scene=dark, render={"qa_attempts": 2}))
     assert not shard_path(tmp_path / "dark", 0).exists()
+
+    # One shard, sequence 0 lit normally and sequence 1 in the dark: every one of the
+    # qa_attempts draws of sequence 1 is rendered and rejected, and the reasons reach the manifest.
+    out = tmp_path / "mixed"
+    cfg = _cfg(out, num_sequences=2, sequences_per_shard=2, sequence_length=2,
+               render={"qa_attempts": 3, "covers_per_lighting": 1})
+    renderer = ShardRenderer(cfg)
+    try:
+        stats = ShardStats()
+        done = renderer._render_group([0], stats)
+        renderer.cfg = dataclasses.replace(cfg, scene=SceneConfig(**dark))
+        done |= renderer._render_group([1], stats)
+        renderer._write(0, [0, 1], done, stats)
+    finally:
+        renderer.close()
+    manifest = merge_parts(out, expected_shards=1)
+    frames = manifest["rejected"]["frames"]
+    assert [(f["sequence_id"], f["attempt"]) for f in frames] == [(1, 0), (1, 1), (1, 2)]
+    assert all("all black" in f["reason"] for f in frames)
+    [seq] = manifest["rejected"]["sequences"]
+    assert seq["sequence_id"] == 1 and seq["reason"].startswith("failed QA on 3 attempts: frame ")
+    assert manifest["num_sequences"] == 1
+    with ShardReader(shard_path(out, 0)) as r:
+        assert [rec.sequence_id for rec in r] == [0]
 
 
 def test_cli_reports_a_bad_cover_folder_and_a_bad_value(tmp_path):
