@@ -18,6 +18,7 @@ loading never unpickles arbitrary objects.
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -62,11 +63,18 @@ def save_checkpoint(
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a shared run's checkpoints must be readable
+    # Serialise in memory first: torch.save on a full disk reports only "unexpected pos ...", while
+    # a plain write names the real cause (No space left on device) and the file.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
+            try:
+                fh.write(buffer.getbuffer())
+                fh.flush()
+                os.fsync(fh.fileno())
+            except OSError as exc:
+                raise OSError(exc.errno, exc.strerror, str(path)) from exc
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -82,7 +90,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, random bytes, pickled objects: all rejected here
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a plain-tensor checkpoint: {exc}") from exc
+        # Only the first line of PyTorch's message: the rest advises weights_only=False, which would
+        # run whatever code the file holds and must never be suggested.
+        reason = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        if "weights_only" in reason or "Weights only load failed" in reason:
+            reason = "not a PyTorch file, or one holding Python objects besides tensors"
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a plain-tensor drs checkpoint ({reason})") from exc
     if not isinstance(payload, dict) or any(k not in payload for k in REQUIRED_KEYS):
         raise CheckpointError(f"checkpoint {path} lacks the keys {REQUIRED_KEYS}; not a drs checkpoint")
     if payload["format_version"] != FORMAT_VERSION:

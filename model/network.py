@@ -45,11 +45,17 @@ _COMMON: dict[str, Any] = {
     "multi_stages": 3,
 }
 
-# The two prototype sizes of GUIDE section 4.
+# The two prototype sizes of GUIDE section 4 ("drs_paper" is "drs_base" under the name the docs use
+# for reproducing the paper), and the full-resolution fusion design of model/fusion.py (the default).
 ARCHITECTURES: dict[str, dict[str, Any]] = {
     "drs_small": {**_COMMON, "planes": 8, "encoder_blocks": 10, "decoder_blocks": 10, "refine_blocks": 10},
     "drs_base": {**_COMMON, "planes": 18, "encoder_blocks": 10, "decoder_blocks": 5, "refine_blocks": 6},
+    "drs_paper": {**_COMMON, "planes": 18, "encoder_blocks": 10, "decoder_blocks": 5, "refine_blocks": 6},
+    "drs_fusion": {"planes": 16, "context_channels": 32, "context_blocks": 6, "context_dilations": [1, 2, 4, 8],
+                   "centre_iterations": 3},
 }
+FUSION_ARCHITECTURES = ("drs_fusion",)
+DEFAULT_ARCH = "drs_fusion"
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int = PAD_MULTIPLE) -> torch.Tensor:
@@ -147,6 +153,11 @@ class DeepResidualSet(nn.Module):
         """Encoder stages; 1 unless aggregation == "multi"."""
         return len(self.encoder)
 
+    @property
+    def num_passes(self) -> int:
+        """Passes over the photos when streaming (model/online.py): one per encoder stage."""
+        return self.num_stages
+
     def stage_pooling(self, stage: int) -> str:
         """How the output of encoder `stage` is pooled over the set: "max" or "mean"."""
         if stage < self.num_stages - 1:
@@ -227,14 +238,17 @@ class DeepResidualSet(nn.Module):
         return out[..., :height, :width]
 
 
-def build_model(arch: str = "drs_small", **overrides: Any) -> DeepResidualSet:
+def build_model(arch: str = DEFAULT_ARCH, **overrides: Any) -> nn.Module:
     """Build a named architecture, e.g. build_model("drs_base", aggregation="max").
 
     The result's `arch` / `arch_args` (plain str/int/list values) rebuild it exactly:
-    build_model(net.arch, **net.arch_args).
+    build_model(net.arch, **net.arch_args). Overrides given as None are ignored, so one config
+    schema (which always passes `aggregation`) serves every architecture; "drs_fusion" has no
+    aggregation choice (it pools with mean, max and softmax; model/fusion.py).
     """
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; known: {sorted(ARCHITECTURES)}")
+    overrides = {k: v for k, v in overrides.items() if v is not None}
     defaults = ARCHITECTURES[arch]
     unknown = sorted(set(overrides) - set(defaults))
     if unknown:
@@ -242,7 +256,12 @@ def build_model(arch: str = "drs_small", **overrides: Any) -> DeepResidualSet:
     args = {**defaults, **overrides}
     # Lists, not tuples: plain values that survive a weights_only checkpoint round trip unchanged.
     args = {k: [int(d) for d in v] if isinstance(v, list | tuple) else v for k, v in args.items()}
-    net = DeepResidualSet(**args)
+    if arch in FUSION_ARCHITECTURES:
+        from model.fusion import FusionNet  # fusion.py imports this module's padding helper
+
+        net: nn.Module = FusionNet(**args)
+    else:
+        net = DeepResidualSet(**args)
     net.arch = arch
     net.arch_args = args
     return net

@@ -69,7 +69,7 @@ def _check_image(img: torch.Tensor, index: int, size: tuple[int, int] | None) ->
 
 @torch.inference_mode()
 def restore_online(
-    net: DeepResidualSet,
+    net: DeepResidualSet | torch.nn.Module,
     images: Callable[[], Iterable[torch.Tensor]],
     *,
     tile: int | None = None,
@@ -79,8 +79,9 @@ def restore_online(
 ) -> torch.Tensor:
     """Restore one set streamed image by image.
 
+    net: a DeepResidualSet, or a FusionNet (handed to model/fusion_online.py).
     images: zero-argument callable returning a fresh iterable of float (3, H, W) tensors in [0, 1];
-        called once, or net.num_stages times for "multi" (see the module docstring).
+        called net.num_passes times: once, num_stages times for "multi" (see the module docstring).
     tile: tile size in full-resolution pixels (rounded up to a multiple of 4), None = untiled.
         Tiled output equals untiled output up to float rounding (halo = receptive radius).
     device: where to compute (default: the network's device); half: float16 autocast, CUDA only.
@@ -88,6 +89,12 @@ def restore_online(
     Side effects: `net` is moved to `device`, put in eval mode and (channels_last) converted to
     channels-last memory format, in place; call net.train() afterwards when evaluating mid-training.
     """
+    from model.fusion import FusionNet
+
+    if isinstance(net, FusionNet):  # its own pass structure: model/fusion_online.py
+        from model.fusion_online import restore_fusion_online
+
+        return restore_fusion_online(net, images, tile=tile, device=device, half=half, channels_last=channels_last)
     device = torch.device(device) if device is not None else next(net.parameters()).device
     if half and device.type != "cuda":
         raise ValueError(f"half precision needs a CUDA device, got {device}")

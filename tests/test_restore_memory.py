@@ -59,8 +59,9 @@ def peak_mb(mode: str, ckpt: Path, out: Path, paths: list[Path]) -> float:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/status (Linux)")
-def test_peak_memory_is_flat_in_k(tmp_path):
-    net = build_model("drs_small")
+@pytest.mark.parametrize("arch", ["drs_small", "drs_fusion"])
+def test_peak_memory_is_flat_in_k(tmp_path, arch):
+    net = build_model(arch)
     ckpt = save_checkpoint(tmp_path / "c.pt", model_state=net.state_dict(), arch=net.arch, arch_args=net.arch_args)
     rng = np.random.default_rng(0)
     paths = []
@@ -74,7 +75,7 @@ def test_peak_memory_is_flat_in_k(tmp_path):
     batched_many = peak_mb("batched", ckpt, tmp_path / "d.png", many)
     # Features of one 256x256 photo are ~6 MB per full-res layer; 22 more photos held at once would
     # add > 60 MB. Streaming must stay within 15 MB (allocator noise), the control must not.
-    msg = (f"peak RSS MB: restore K=2 {restore_few:.0f}, K=24 {restore_many:.0f}; "
+    msg = (f"{arch} peak RSS MB: restore K=2 {restore_few:.0f}, K=24 {restore_many:.0f}; "
            f"batched K=2 {batched_few:.0f}, K=24 {batched_many:.0f}")
     print(msg)
     assert restore_many - restore_few < 15, msg

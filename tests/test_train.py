@@ -96,7 +96,8 @@ def test_finetune_loads_exact_keys_and_freezes_encoder(tiny_train_data, tmp_path
 
     ft = train(compose_train([*base, "trainer.freeze_encoder=true", f"out_dir={tmp_path / 'ft'}"]))
     before, after = load_checkpoint(ckpt_path)["model"], load_checkpoint(ft["last_checkpoint"])["model"]
-    enc = [k for k in before if k.startswith(("stem.", "encoder.", "fuse."))]
+    # The default drs_fusion's per-photo encoders (model/fusion.py: FusionNet.encoder_parameters).
+    enc = [k for k in before if k.startswith(("context.", "detail."))]
     rest = [k for k in before if k not in enc and before[k].dtype.is_floating_point]
     assert enc and all(torch.equal(before[k], after[k]) for k in enc), "frozen encoder weights changed"
     assert any(not torch.equal(before[k], after[k]) for k in rest), "decoder did not train"
@@ -113,7 +114,7 @@ def test_finetune_rejects_unexpected_keys(tiny_train_data, tmp_path):
     del state["to_rgb.bias"]
     bad = save_checkpoint(tmp_path / "bad.pt", model_state=state, arch=net.arch, arch_args=net.arch_args)
     with pytest.raises(CheckpointError, match=r"missing keys \['to_rgb.bias'\]; unexpected keys \['extra_head.weight'\]"):
-        train(compose_train(["experiment=finetune", "debug=tiny", f"data.train={tiny_train_data}",
+        train(compose_train(["experiment=finetune", "debug=tiny", "model=drs_small", f"data.train={tiny_train_data}",
                              f"init_from={bad}", f"out_dir={tmp_path / 'o'}"]))
 
 

@@ -3,7 +3,7 @@
 conf/train.yaml lists `train_schema` first in its defaults, so every group file (model/, data/,
 optim/, experiment/, debug/) and every command-line override is merged onto these dataclasses:
 a wrong type or an unknown choice fails at compose time with the full key, e.g.
-`model.arch=drs_huge` -> "Invalid value 'drs_huge', expected one of [drs_small, drs_base] ...
+`model.arch=drs_huge` -> "Invalid value 'drs_huge', expected one of [drs_fusion, drs_paper, ...] ...
 full_key: model.arch".
 """
 
@@ -18,6 +18,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 
 class Arch(Enum):
+    drs_fusion = "drs_fusion"  # the default: full-resolution softmax fusion (model/fusion.py)
+    drs_paper = "drs_paper"  # the paper's design at its prototype size (model/network.py)
     drs_small = "drs_small"
     drs_base = "drs_base"
 
@@ -51,8 +53,10 @@ OnCorrupt = Enum("OnCorrupt", {"raise": "raise", "skip": "skip"})
 @dataclass
 class ModelConfig:
     _target_: str = "model.build_model"
-    arch: Arch = Arch.drs_small
-    aggregation: Aggregation = Aggregation.mean
+    arch: Arch = Arch.drs_fusion
+    # Set pooling of the paper's design (drs_paper/small/base); null: the architecture's own
+    # (drs_fusion has no choice: it pools with mean, max and a softmax over the set).
+    aggregation: Aggregation | None = None
 
 
 @dataclass

@@ -31,7 +31,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from generator.dataset_format import atomic_path
+from generator.dataset_format import atomic_path, run_command
 from model import DeepResidualSet, model_from_checkpoint
 from model.checkpoint import CheckpointError
 from model.online import restore_online
@@ -267,7 +267,7 @@ def restore_files(
     to image 0); with "multi" aggregation it is called once per pass, so it must be deterministic.
     """
     size = check_sizes(paths, resize)
-    stream = ImageStream(paths, size, transform, passes=net.num_stages, progress=progress)
+    stream = ImageStream(paths, size, transform, passes=net.num_passes, progress=progress)
     return restore_online(net, stream, tile=tile, device=device, half=half)
 
 
@@ -290,6 +290,7 @@ def make_parser() -> argparse.ArgumentParser:
                     help="align every photo to the first one (features + ECC) before restoring: handheld shots")
     ap.add_argument("--align-to", type=int, default=None, metavar="INDEX",
                     help="align to photo INDEX (0-based, in input order) instead of the first; implies --align")
+    ap.add_argument("--force", action="store_true", help="replace --out if it already exists")
     ap.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     return ap
 
@@ -325,6 +326,8 @@ def run(args: argparse.Namespace) -> Path:
     limit_heap_growth()
     out = Path(args.out)
     check_output(out, args.bit_depth)
+    if out.exists() and not args.force:
+        raise RestoreError(f"--out {out} exists; pass --force to replace it")
     device = resolve_device(args.device, args.half)
     paths = expand_inputs(args.images)
     net = model_from_checkpoint(resolve_checkpoint(args.checkpoint), map_location="cpu")
@@ -341,12 +344,8 @@ def run(args: argparse.Namespace) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    try:
-        run(args)
-    except (RestoreError, CheckpointError) as exc:
-        print(f"drs-restore: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command("drs-restore", lambda: run(args), user_errors=(RestoreError, CheckpointError),
+                       on_interrupt=f"{args.out} was not written; rerun the same command")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,145 @@
+"""Constant-memory inference for FusionNet: the photos stream past several times, one at a time.
+
+    out = restore_fusion_online(net, lambda: (img for img in my_images), tile=1024)   # (3, H, W)
+
+The batched forward needs, per pixel, sums over the set that depend on earlier sums, so the photos
+are read `net.num_passes` times (that is why `images` is a callable returning a fresh iterable):
+
+    pass 0          running sum of the photos                      -> centre = mean
+    pass 1..T       running Weiszfeld sums sum(w x), sum(w)         -> centre (robust)
+    pass T+1        each photo's context features: running mean and max at 1/4 resolution
+    pass T+2        each photo's logit; an online softmax keeps a running max m, sum(exp(l - m))
+                    and sum(exp(l - m) x), rescaled whenever m grows (as in flash attention)
+    then            decode(fused = sum(exp(l - m) x) / sum(exp(l - m)), centre, pooled context)
+
+Alive at any time: one photo, its features, and a fixed number of full-resolution (3 + 3 + 1 + 1 + 1
+channels) and 1/4-resolution (2 x C channels) accumulators, whatever K is. With `tile`, every
+convolution runs tile by tile with the exact halo (model/tiling.py), so 4K photos fit too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+
+import torch
+
+from model.fusion import PAD_MULTIPLE, FusionNet, robust_centre_step
+from model.online import RunningPool, _check_image
+from model.tiling import base_halo, base_tile, run_tiled
+
+
+class _Photos:
+    """One pass over the photos: checks sizes and counts, yields padded (1, 3, H', W') float32 tensors."""
+
+    def __init__(self, images: Callable[[], Iterable[torch.Tensor]], prepare: Callable[[torch.Tensor], torch.Tensor]):
+        self.images, self.prepare = images, prepare
+        self.size: tuple[int, int] | None = None
+        self.count: int | None = None
+        self.passes = 0
+
+    def __call__(self) -> Iterator[torch.Tensor]:
+        self.passes += 1
+        n = 0
+        for n, img in enumerate(self.images(), start=1):
+            self.size = _check_image(img, n - 1, self.size)
+            yield self.prepare(img)
+        if n == 0:
+            raise ValueError("no images were given: cannot restore an empty set")
+        if self.count is None:
+            self.count = n
+        elif n != self.count:
+            raise ValueError(f"the image source gave {n} images on pass {self.passes} but {self.count} on pass 1; "
+                             "the fusion network reads the same images on every pass")
+
+
+@torch.inference_mode()
+def restore_fusion_online(
+    net: FusionNet,
+    images: Callable[[], Iterable[torch.Tensor]],
+    *,
+    tile: int | None = None,
+    device: str | torch.device | None = None,
+    half: bool = False,
+    channels_last: bool = True,
+) -> torch.Tensor:
+    """Restore one set streamed photo by photo; arguments and result as model.online.restore_online.
+
+    images: zero-argument callable returning a fresh iterable of float (3, H, W) tensors in [0, 1];
+        called net.num_passes times. Returns float32 (3, H, W) on `device`, not clamped.
+    """
+    from model.network import pad_to_multiple
+
+    device = torch.device(device) if device is not None else next(net.parameters()).device
+    if half and device.type != "cuda":
+        raise ValueError(f"half precision needs a CUDA device, got {device}")
+    net = net.to(device).eval()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    autocast = torch.autocast("cuda", dtype=torch.float16) if half else contextlib.nullcontext()
+    t = base_tile(tile)
+
+    def prepare(img: torch.Tensor) -> torch.Tensor:
+        x = pad_to_multiple(img.to(device=device, dtype=torch.float32), PAD_MULTIPLE)
+        return x[None].contiguous(memory_format=fmt)
+
+    photos = _Photos(images, prepare)
+    centre = _robust_centre(photos, net.centre_iterations)
+    ctx_mean, ctx_max = _pooled_context(net, photos, centre, t, autocast)
+    fused = _fuse(net, photos, centre, ctx_mean, ctx_max, t, autocast)
+    with autocast:
+        out = run_tiled(net.decode, [fused, centre, ctx_mean, ctx_max], [4, 4, 1, 1], 4, t,
+                        base_halo(net.decode_radius()))
+    assert photos.size is not None
+    return out[0, :, : photos.size[0], : photos.size[1]].contiguous()
+
+
+def _robust_centre(photos: _Photos, iterations: int) -> torch.Tensor:
+    """Passes 0..T: the mean, then T Weiszfeld steps; (1, 3, H', W') float32."""
+    total = None
+    for x in photos():
+        total = x.clone() if total is None else total.add_(x)
+    assert total is not None and photos.count is not None
+    centre = total.div_(photos.count)
+    for _ in range(iterations):
+        num = den = None
+        for x in photos():
+            wx, w = robust_centre_step(x, centre)
+            num = wx if num is None else num.add_(wx)
+            den = w if den is None else den.add_(w)
+        centre = num.div_(den)
+    return centre
+
+
+def _pooled_context(net: FusionNet, photos: _Photos, centre: torch.Tensor, t: int | None,
+                    autocast) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pass T+1: running mean and max of every photo's context features, (1, C, H'/4, W'/4) each."""
+    mean, peak = RunningPool("mean"), RunningPool("max")
+    halo = base_halo(net.context_radius())
+    for x in photos():
+        with autocast:
+            h = run_tiled(net.encode_context, [x, centre], [4, 4], 1, t, halo)
+        mean.add(h)
+        peak.add(h)
+    return mean.result(), peak.result()
+
+
+def _fuse(net: FusionNet, photos: _Photos, centre: torch.Tensor, ctx_mean: torch.Tensor, ctx_max: torch.Tensor,
+          t: int | None, autocast) -> torch.Tensor:
+    """Pass T+2: the softmax-weighted sum of the photos, computed online; (1, 3, H', W')."""
+    halo = base_halo(net.logit_radius())
+    running_max = weight_sum = acc = None
+    for x in photos():
+        with autocast:
+            logit = run_tiled(net.photo_logit, [x, centre, ctx_mean, ctx_max], [4, 4, 1, 1], 4, t, halo)
+        if running_max is None:
+            running_max, weight_sum, acc = logit, torch.ones_like(logit), x.clone()
+            continue
+        new_max = torch.maximum(running_max, logit)
+        scale_old, w = torch.exp(running_max - new_max), torch.exp(logit - new_max)
+        weight_sum.mul_(scale_old).add_(w)
+        acc.mul_(scale_old).add_(w * x)
+        running_max = new_max
+    assert acc is not None and weight_sum is not None
+    return acc.div_(weight_sum)
