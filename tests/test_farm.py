@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -78,8 +79,18 @@ def test_bad_choices_name_the_value():
 
 def test_threads_from_slurm_else_affinity():
     assert cpu_threads({"SLURM_CPUS_PER_TASK": "3"}) == 3
-    assert cpu_threads({"SLURM_CPUS_PER_TASK": "junk"}) >= 1
-    assert cpu_threads({}) >= 1
+    # Without a usable Slurm value: the CPUs this process may run on, not 1 and not the node's count.
+    own = len(os.sched_getaffinity(0))
+    assert cpu_threads({"SLURM_CPUS_PER_TASK": "junk"}) == own
+    assert cpu_threads({"SLURM_CPUS_PER_TASK": "0"}) == own
+    assert cpu_threads({}) == own
+    # A process pinned to one core (as a Slurm task with cpus_per_task=1 is) gets 1.
+    pinned = subprocess.run(
+        [sys.executable, "-c", "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+         "from generator.farm import cpu_threads; print(cpu_threads({}))"],
+        capture_output=True, text=True, check=True, env={k: v for k, v in os.environ.items() if not k.startswith("SLURM")},
+    )
+    assert pinned.stdout.strip() == "1"
 
 
 def test_apply_plan_exports_for_the_worker(no_driver):
@@ -133,6 +144,32 @@ def test_slurm_cpu_and_gpu_configs_extend_submitit_slurm():
         assert any("ulimit -c 0" in line for line in cfg.setup)
     assert cpu.gpus_per_node is None and gpu.gpus_per_node == 1
     assert _launcher("slurm_gpu", "hydra.launcher.partition=gpu").partition == "gpu"
+
+
+def _readme_launcher_table() -> dict[str, dict[str, str]]:
+    """The launcher table of README.md ("| config | partition | timeout_min | ..."), by config name."""
+    lines = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("|")]
+    start = next(i for i, line in enumerate(lines) if line.startswith("| config | partition | timeout_min"))
+    header = [c.strip() for c in lines[start].strip("|").split("|")]
+    rows = {}
+    for line in lines[start + 2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) != len(header) or not cells[0].startswith("`"):
+            break
+        rows[cells[0].strip("`")] = dict(zip(header[1:], cells[1:], strict=True))
+    return rows
+
+
+def test_launcher_configs_hold_the_values_the_readme_documents():
+    table = _readme_launcher_table()
+    assert set(table) == {"slurm_cpu", "slurm_gpu", "local"}
+    for name in ("slurm_cpu", "slurm_gpu"):
+        cfg, row = _launcher(name), table[name]
+        assert (cfg.partition is None) == (row["partition"] == "cluster default"), name
+        for key in ("timeout_min", "cpus_per_task", "mem_gb", "array_parallelism", "max_num_timeout"):
+            assert cfg[key] == int(row[key]), (name, key)
+        assert cfg.gpus_per_node == (None if row["gpus_per_node"] == "–" else int(row["gpus_per_node"])), name
+    assert _launcher("local").timeout_min == int(table["local"]["timeout_min"])
 
 
 def test_local_config_extends_submitit_local():
