@@ -41,6 +41,19 @@ def write_photos(folder: Path, k: int = 3, size: tuple[int, int] = (37, 26), see
     return paths
 
 
+def pixels(path: Path) -> np.ndarray:
+    """uint8 (H, W, 3) as stored in the file, read with PIL alone (no EXIF handling)."""
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def network_output(net, images: list[np.ndarray]) -> np.ndarray:
+    """The batched network on uint8 (H, W, 3) images, as float (H, W, 3) in 0..255."""
+    x = torch.stack([torch.from_numpy(a.copy()).permute(2, 0, 1).float() / 255 for a in images])
+    with torch.no_grad():
+        return net(x[None])[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255
+
+
 def run_cli(*args) -> int:
     return restore.main(["--quiet", *map(str, args)])
 
@@ -60,9 +73,7 @@ def test_restores_a_folder_like_the_network(tmp_path, checkpoint):
     out = tmp_path / "result" / "clean.png"
     assert run_cli("--checkpoint", checkpoint, "--out", out, tmp_path / "in") == 0
     got = np.asarray(Image.open(out))
-    x = torch.stack([restore.load_image(p) for p in paths])
-    with torch.no_grad():
-        want = tiny_net()(x[None])[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255
+    want = network_output(tiny_net(), [pixels(p) for p in paths])  # not through restore's loader
     assert got.shape == (26, 37, 3) and got.dtype == np.uint8
     assert np.abs(got.astype(float) - want).max() <= 0.51 + 1e-3
     assert list(out.parent.iterdir()) == [out]
@@ -94,6 +105,45 @@ def test_exif_orientation_is_applied(tmp_path, checkpoint):
     assert Image.open(out).size == (20, 32)
 
 
+# EXIF orientation -> what the viewer shows, as np.rot90/flip of the stored pixels (EXIF 2.3 spec).
+ORIENTED = {
+    3: lambda a: np.rot90(a, 2),            # rotate 180
+    6: lambda a: np.rot90(a, -1),           # rotate 90 clockwise
+    8: lambda a: np.rot90(a, 1),            # rotate 90 counter-clockwise
+    2: lambda a: a[:, ::-1],                # mirror left-right
+    5: lambda a: np.rot90(a, 1)[::-1],      # transpose
+}
+
+
+@pytest.mark.parametrize("orientation", sorted(ORIENTED))
+def test_exif_orientation_turns_the_pixels_the_right_way(tmp_path, orientation):
+    """Lossless PNGs carrying EXIF orientation: the loader shows exactly what a viewer shows."""
+    stored = np.random.default_rng(orientation).integers(0, 256, (20, 32, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "o.png"
+    Image.fromarray(stored).save(path, exif=exif.tobytes())
+    want = ORIENTED[orientation](stored)
+    got = (restore.load_image(path).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    assert np.array_equal(got, want)
+    assert restore.probe_size(path) == (want.shape[1], want.shape[0])
+
+
+def test_exif_rotated_photos_restore_like_upright_ones(tmp_path, checkpoint):
+    rng = np.random.default_rng(4)
+    upright = [rng.integers(0, 256, (32, 20, 3), dtype=np.uint8) for _ in range(3)]
+    src = tmp_path / "in"
+    src.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    for i, a in enumerate(upright):  # stored turned 90 degrees counter-clockwise, tagged "turn it back"
+        Image.fromarray(np.ascontiguousarray(np.rot90(a, 1))).save(src / f"p{i}.png", exif=exif.tobytes())
+    out = tmp_path / "o.png"
+    assert run_cli("--checkpoint", checkpoint, "--out", out, src) == 0
+    want = network_output(tiny_net(), upright)
+    assert np.abs(np.asarray(Image.open(out)).astype(float) - want).max() <= 0.51 + 1e-3
+
+
 def test_resize_makes_different_sizes_work(tmp_path, checkpoint):
     write_photos(tmp_path / "a", k=2, size=(40, 30))
     write_photos(tmp_path / "b", k=1, size=(60, 44), seed=3)
@@ -105,10 +155,12 @@ def test_resize_makes_different_sizes_work(tmp_path, checkpoint):
 def test_multi_aggregation_through_the_cli(tmp_path):
     net = tiny_net("multi")
     ckpt = save_checkpoint(tmp_path / "m.pt", model_state=net.state_dict(), arch=net.arch, arch_args=net.arch_args)
-    write_photos(tmp_path / "in", k=3)
+    paths = write_photos(tmp_path / "in", k=3)
     out = tmp_path / "o.png"
     assert run_cli("--checkpoint", ckpt, "--out", out, tmp_path / "in") == 0
-    assert Image.open(out).size == (37, 26)
+    # "multi" streams the photos once per encoder stage; the result must still be the network's.
+    want = network_output(net, [pixels(p) for p in paths])
+    assert np.abs(np.asarray(Image.open(out)).astype(float) - want).max() <= 0.51 + 1e-3
 
 
 def test_transform_hook_sees_every_image(tmp_path):
