@@ -1,6 +1,6 @@
 """Mutation testing of the modules listed in tools/mutation.toml, one module at a time.
 
-Usage: python tools/mutation.py [--out DIR] [MODULE ...]    (`make mutation`; MODULE like model/online.py)
+Usage: python tools/mutation.py [--committed] [--out DIR] [MODULE ...]    (`make mutation`; MODULE like model/online.py)
 
 Why a copy: mutmut writes every mutant into `mutants/` beside the sources and runs the tests
 there. Doing that in the working tree would leave mutated code where other people (and
@@ -33,8 +33,13 @@ KILLED = {"killed", "timeout", "caught by type check"}
 SURVIVED = {"survived", "no tests"}
 
 
-def copy_tree(dest: Path) -> None:
-    """Tracked and untracked-but-not-ignored files: what `git status` would show, nothing built."""
+def copy_tree(dest: Path, committed: bool) -> None:
+    """Tracked and untracked-but-not-ignored files: what `git status` would show, nothing built.
+    committed: the files of HEAD instead (others' uncommitted edits in a shared tree left out)."""
+    if committed:
+        archive = subprocess.run(["git", "archive", "HEAD"], cwd=ROOT, check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+        return
     files = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         cwd=ROOT, check=True, capture_output=True,
@@ -68,11 +73,11 @@ def mutmut(copy: Path, *args: str, capture: bool = False) -> str:
     return done.stdout if capture else ""
 
 
-def run_module(module: str, tests: list[str], equivalent: dict[str, str], out: Path) -> dict:
-    tests = [t for t in tests if (ROOT / t).exists()]
+def run_module(module: str, tests: list[str], equivalent: dict[str, str], out: Path, committed: bool) -> dict:
     with tempfile.TemporaryDirectory(prefix="drs-mutation-") as tmp:
         copy = Path(tmp)
-        copy_tree(copy)
+        copy_tree(copy, committed)
+        tests = [t for t in tests if (copy / t).exists()]  # the config may name tests still to come
         (copy / "setup.cfg").write_text(mutmut_config(module, tests, copy))
         mutmut(copy, "run", "--max-children", "1")
         status: dict[str, str] = {}
@@ -105,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("modules", nargs="*", help="default: every module in tools/mutation.toml")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "mutation")
+    parser.add_argument("--committed", action="store_true", help="mutate HEAD, not the working tree")
     args = parser.parse_args(argv)
     config = tomllib.loads(CONFIG.read_text())
     unknown = [m for m in args.modules if m not in config["modules"]]
@@ -112,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: not in {CONFIG.relative_to(ROOT)}: {unknown}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = [run_module(m, config["modules"][m], config.get("equivalent", {}), args.out)
+    rows = [run_module(m, config["modules"][m], config.get("equivalent", {}), args.out, args.committed)
             for m in args.modules or list(config["modules"])]
     print(f"\n{'module':32} {'score':>7} {'killed':>7} {'survived':>9} {'equiv.':>7}")
     for r in rows:
