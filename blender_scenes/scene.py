@@ -16,6 +16,8 @@ import bmesh
 import bpy  # noqa: I001
 import numpy as np
 
+from blender_scenes import materials
+
 PLANE_INDEX = 1
 PLANE_AOV = "plane"  # shader AOV written only by the cover plane: its anti-aliased coverage
 _TRANSIENT = "drs_transient"  # collection holding per-image lights and occluders
@@ -84,14 +86,18 @@ def _build_plane(scene: bpy.types.Scene) -> None:
     aov = nodes.new("ShaderNodeOutputAOV")
     aov.aov_name = PLANE_AOV
     aov.inputs["Value"].default_value = 1.0
+    materials.build_cover_relief(mat)
     mesh.materials.append(mat)
 
 
-def set_cover(linear_rgb: np.ndarray | None, roughness: float, specular: float, albedo: float = 1.0) -> None:
+def set_cover(linear_rgb: np.ndarray | None, roughness: float, specular: float, albedo: float = 1.0,
+              relief: dict[str, Any] | None = None) -> None:
     """Texture the plane with `linear_rgb` (H, W, 3) float32, row 0 = top; None = plain grey of
     `albedo` (the fast path renders lighting on grey and composites the cover in NumPy; a grey
-    near the covers' mean keeps the light the cover bounces onto occluders about right)."""
+    near the covers' mean keeps the light the cover bounces onto occluders about right).
+    `relief`: the surface's bump map and coat (ReliefSpec as a dict); None: flat."""
     mat = bpy.data.materials["cover"]
+    materials.set_relief(mat, relief)
     bsdf = mat.node_tree.nodes["Principled BSDF"]
     tex = mat.node_tree.nodes["cover_texture"]
     bsdf.inputs["Roughness"].default_value = roughness
@@ -226,6 +232,8 @@ def _make_material(i: int, spec: dict[str, Any], occluder_covers: list[np.ndarra
     bsdf.inputs["Roughness"].default_value = spec["roughness"]
     color = (*spec["color"], 1.0)
     bsdf.inputs["Base Color"].default_value = color
+    if materials.textured(mat, spec):
+        return mat
     coords = nodes.new("ShaderNodeTexCoord")
     if spec["kind"] == "procedural":
         noise = nodes.new("ShaderNodeTexNoise")

@@ -57,7 +57,7 @@ def _render_sequence(request: dict[str, Any], scratch: str, scene, render) -> di
     spec = request["sequence"]
     timings = {"scene": 0.0, "render": 0.0}
     t0 = time.perf_counter()
-    scene.set_cover(request["cover"], spec["roughness"], spec["specular"], request.get("albedo", 1.0))
+    scene.set_cover(request["cover"], spec["roughness"], spec["specular"], request.get("albedo", 1.0), spec.get("relief"))
     timings["scene"] += time.perf_counter() - t0
     frames = []
     for j in request["frames"]:

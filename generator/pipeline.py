@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from generator import __version__
+from generator.camera import photograph
 from generator.composite import composite_cover, frame_masks, linear_to_srgb_u8, qa_problem, srgb_to_linear
 from generator.config import GenerateConfig
 from generator.covers import FolderCovers, ProceduralCovers, open_covers
@@ -191,7 +192,11 @@ class ShardRenderer:
         reference = cfg.render.quality == "reference"
         linear = [p["image"] if reference else composite_cover(p, cover_linear, cfg.render.grey_albedo) for p in lighting["frames"]]
         t1 = time.perf_counter()
-        inputs = np.stack([linear_to_srgb_u8(x) for x in linear])
+        camera = None
+        if cfg.camera.enabled:  # phone effects on the inputs only; QA below still sees the render
+            inputs, camera = photograph(linear, cfg.camera, cfg.seed, spec.sequence_id, spec.attempt)
+        else:
+            inputs = np.stack([linear_to_srgb_u8(x) for x in linear])
         spec_dict = spec.to_dict()
         masks = [frame_masks(p, spec_dict["frames"][j]["lights"]) for j, p in enumerate(lighting["frames"])]
         stats.timings["composite"] += t1 - t0
@@ -205,6 +210,8 @@ class ShardRenderer:
             "cover": self._cover_name(spec.cover_index),
             "render": {"quality": cfg.render.quality, "device": self.worker.device},
         }
+        if camera is not None:
+            params["camera"] = camera
         return {
             "inputs": inputs,
             "target": target,
