@@ -112,3 +112,19 @@ def test_half_precision_on_cuda_is_close():
     ref = batched(net, x)
     out = restore_online(net, lambda: iter(x), device="cuda", half=True, tile=32).cpu()
     assert (out - ref).abs().max() < 2e-2
+
+
+def test_error_messages_name_the_image_and_the_problem():
+    """drs-restore shows these lines to the user as they are, so their wording is the interface."""
+    net = tiny()
+    with pytest.raises(ValueError, match=r"^image 0: expected shape \(3, H, W\), got \(4, 20, 20\)$"):
+        restore_online(net, lambda: iter([torch.rand(4, 20, 20)]))  # a 3-D tensor, but not RGB
+    with pytest.raises(ValueError, match=r"^image 1: expected shape \(3, H, W\), got \(20, 30\)$"):
+        restore_online(net, lambda: iter([torch.rand(3, 20, 30), torch.rand(20, 30)]))
+    with pytest.raises(ValueError, match="^image 1 is 24x20 but the first image is 30x20; "
+                                         "all images of a set must have the same size$"):
+        restore_online(net, lambda: iter([torch.rand(3, 20, 30), torch.rand(3, 20, 24)]))
+    with pytest.raises(ValueError, match="^pooling 'median': expected 'mean' or 'max'$"):
+        RunningPool("median")
+    with pytest.raises(ValueError, match="^no images were given: cannot aggregate an empty set$"):
+        RunningPool("max").result()
