@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast demo lint bench clean
+.PHONY: help setup test test-fast demo lint bench mutation clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-10s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ lint: setup ## ruff
 
 bench: setup ## run every benchmark, write benchmarks/RESULTS.md (BENCH_ARGS=--quick: minutes)
 	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
+
+mutation: setup ## mutation testing of the modules in tools/mutation.toml (MUTATION_ARGS=model/online.py: one; tens of minutes for all)
+	OMP_NUM_THREADS=1 nice -n 15 $(BIN)/python tools/mutation.py $(MUTATION_ARGS)
 
 clean: ## remove caches and demo output (keeps .venv)
 	rm -rf demo outputs multirun .pytest_cache .ruff_cache
