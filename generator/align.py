@@ -6,22 +6,34 @@
 
 The object is flat, so one homography maps every photo onto the anchor. It is found in two steps:
 
-1. features (SIFT, or ORB) matched with Lowe's ratio test, then a RANSAC homography: robust to
-   large motion, occluders and light, but only as accurate as the keypoints (~1 px);
+1. features (SIFT, or ORB) matched with Lowe's ratio test, then a RANSAC (MAGSAC++) homography:
+   robust to large motion, occluders and light, but only as accurate as the keypoints (~1 px);
 2. ECC refinement (cv2.findTransformECC, MOTION_HOMOGRAPHY), started from step 1, on locally
    normalised images (each pixel minus its neighbourhood mean, over its neighbourhood spread):
    gain, colour casts and soft shading cancel out, so what is matched is the texture of the
-   object and not the light on it.
+   object and not the light on it. ECC only looks where the anchor has texture (see below).
+
+Whether a result can be trusted is judged by what an alignment must get right, not by a global
+correlation (a plain, noisy table has no texture to correlate, so a perfect alignment scored low):
+
+- geometry: enough RANSAC inliers, spread over the object (not one corner matched by chance), a
+  plausible homography for a flat object (not mirrored, no extreme scale, shear or small overlap);
+- photometry, where there is texture: the anchor's pixels whose local contrast stands clear of its
+  sensor noise (`Frame.texture`, optionally only inside the object's region, e.g. the cover's
+  quadrilateral) are cut into cells; the agreement is the median over cells of the normalised
+  cross-correlation of the two normalised images. Occluders, glare and shadows spoil some cells,
+  not the median; a photo of another object agrees nowhere.
+
+If ECC fails, or lands far from the feature estimate, or agrees less than it, the feature
+estimate is kept (and said so in `Alignment.refined`): ECC is a refinement, not a judge.
 
 Alignment is done on a "work" copy whose long side is at most `work_size` pixels (speed), but the
 homography returned is in full-resolution pixel coordinates of the two images given (pixel
-centres at integers, as OpenCV's warps use). A result is rejected, with a reason, when it cannot be
-trusted: too few features or RANSAC inliers, a degenerate or extreme homography (mirrored,
-non-convex, large scale change, strong shear, small overlap), ECC failing, scoring low, or moving
-far from the feature estimate.
+centres at integers, as OpenCV's warps use).
 
 Used by `drs-ingest` (generator/ingest.py) and `drs-restore --align` (trainer/restore.py); imports
-only NumPy and OpenCV.
+only NumPy and OpenCV. The cover's quadrilateral and the rectifying map live in
+generator/cover_quad.py and are re-exported here, so trainer/ imports only this module.
 """
 
 from __future__ import annotations
@@ -33,11 +45,16 @@ import cv2
 import numpy as np
 
 METHODS = ("sift", "orb")
+AGREEMENT_PERCENTILE = 90  # of the cell correlations (see agreement())
 
 
 @dataclass(frozen=True)
 class AlignConfig:
-    """Knobs of the alignment and of its trust checks (pixels are work-image pixels)."""
+    """Knobs of the alignment and of its trust checks (pixels are work-image pixels).
+
+    The trust thresholds were calibrated on the semi-real captures of tests/semireal.py
+    (benchmarks/ingest_alignment.py): genuine photos clear them with margin, intruders do not.
+    """
 
     method: str = "sift"
     work_size: int = 1024  # long side of the work copy, px
@@ -46,27 +63,33 @@ class AlignConfig:
     contrast_threshold: float = 0.02
     ratio: float = 0.75  # Lowe's ratio test
     ransac_threshold: float = 3.0  # px
-    min_inliers: int = 25
+    min_inliers: int = 15
+    min_spread: float = 0.1  # convex hull of the inliers over the object's (or anchor's) area
     max_scale_change: float = 3.0  # area scale between photo and anchor, either way (linear factor)
     max_anisotropy: float = 3.0  # ratio of the local Jacobian's singular values (shear / foreshortening)
-    min_overlap: float = 0.3  # fraction of the anchor the photo covers
+    min_overlap: float = 0.3  # fraction of the anchor (or of the object's region) the photo covers
     ecc: bool = True
-    ecc_iterations: int = 100
-    ecc_eps: float = 1e-6
-    min_ecc: float = 0.5  # correlation of the normalised images after refinement
-    max_ecc_shift: float = 8.0  # px; ECC moving the anchor's corners further than this is not trusted
+    ecc_iterations: int = 50
+    ecc_eps: float = 1e-4
+    max_ecc_shift: float = 6.0  # px; ECC moving the inliers further than this: keep the feature estimate
+    min_agreement: float = 0.3  # median cell correlation of the normalised images, where there is texture
     norm_sigma: float = 2.0  # px, neighbourhood of the local normalisation
+    texture_snr: float = 3.0  # local contrast over noise needed for a pixel to count as texture
+    cell: int = 32  # px, side of the cells the agreement is computed over
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"align method must be one of {METHODS}, got {self.method!r}")
-        for name in ("work_size", "max_features", "min_inliers", "ecc_iterations"):
+        for name in ("work_size", "max_features", "min_inliers", "ecc_iterations", "cell"):
             if getattr(self, name) < 1:
                 raise ValueError(f"align {name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.ratio < 1:
             raise ValueError(f"align ratio must be in (0, 1), got {self.ratio}")
-        if not 0 <= self.min_overlap <= 1:
-            raise ValueError(f"align min_overlap must be in [0, 1], got {self.min_overlap}")
+        for name in ("min_overlap", "min_spread"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"align {name} must be in [0, 1], got {getattr(self, name)}")
+        if not -1 <= self.min_agreement <= 1:
+            raise ValueError(f"align min_agreement must be in [-1, 1], got {self.min_agreement}")
 
 
 @dataclass
@@ -74,6 +97,7 @@ class Frame:
     """An image prepared for alignment: the grey work copy, its features, its normalised copy.
 
     size: (width, height) of the full-resolution image; to_work: 3x3 map full px -> work px.
+    texture: bool (h, w), where the local contrast stands clear of the image's own noise.
     """
 
     size: tuple[int, int]
@@ -82,6 +106,9 @@ class Frame:
     keypoints: np.ndarray  # float32 (n, 2) work px
     descriptors: np.ndarray | None
     normalised: np.ndarray  # float32 (h, w), locally normalised grey
+    texture: np.ndarray | None = None
+    region: np.ndarray | None = None  # float32 (4, 2) work px: the object's quadrilateral (set_region)
+    region_mask: np.ndarray | None = None  # bool (h, w), inside `region`
 
     @property
     def work_size(self) -> tuple[int, int]:
@@ -97,13 +124,20 @@ class Alignment:
     reason: str | None = None
     matches: int = 0
     inliers: int = 0
-    ecc: float | None = None
-    ecc_shift: float | None = None  # px (work), how far ECC moved the anchor's corners
+    ecc: float | None = None  # ECC's own correlation (inside the texture mask)
+    ecc_shift: float | None = None  # px (work), how far ECC moved the inliers from the feature estimate
+    agreement: float | None = None  # median cell correlation where there is texture (the photometric check)
+    refined: str | None = None  # "ecc", or why the feature estimate was kept
     checks: dict[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return self.reason is None
+
+    @property
+    def score(self) -> float:
+        """Higher = better aligned (for choosing the best photos of a sequence)."""
+        return self.agreement if self.agreement is not None else float(self.inliers)
 
     def to_params(self) -> dict[str, Any]:
         """JSON-ready record (homography as nested lists)."""
@@ -143,13 +177,29 @@ def work_copy(image: np.ndarray, work_size: int) -> tuple[np.ndarray, np.ndarray
     return small, scale_matrix(nw / w, nh / h)
 
 
-def normalise(grey: np.ndarray, sigma: float) -> np.ndarray:
+def normalise(grey: np.ndarray, sigma: float, snr: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
     """(g - local mean) / local std over a Gaussian neighbourhood of `sigma` px: removes gain, offset,
-    colour casts and shading that vary slower than the neighbourhood, keeps the object's texture."""
+    colour casts and shading that vary slower than the neighbourhood, keeps the object's texture.
+
+    Returns (normalised float32 (h, w), texture bool (h, w)): texture is where the local std stands
+    `snr` times clear of the image's noise (estimated robustly, Immerkaer's operator with a median).
+    The spread is floored at twice the noise, so flat noisy areas normalise to ~0, not to noise.
+    """
     g = cv2.GaussianBlur(grey, (0, 0), 1.0)  # tame sensor noise before dividing by small spreads
     mean = cv2.GaussianBlur(g, (0, 0), sigma)
-    var = cv2.GaussianBlur(g * g, (0, 0), sigma) - mean * mean
-    return ((g - mean) / np.sqrt(np.maximum(var, 0) + 1e-4)).astype(np.float32)
+    var = np.maximum(cv2.GaussianBlur(g * g, (0, 0), sigma) - mean * mean, 0)
+    noise = noise_sigma(g)
+    norm = (g - mean) / np.sqrt(var + max(1e-6, 4 * noise * noise))
+    texture = var > (snr * noise) ** 2 + 1e-6
+    return norm.astype(np.float32), texture
+
+
+def noise_sigma(grey: np.ndarray) -> float:
+    """Std of the image's noise, float: Immerkaer's Laplacian-difference operator, with a median so
+    that texture (most of a cover) does not count as noise."""
+    k = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+    resp = np.abs(cv2.filter2D(grey, cv2.CV_32F, k)[1:-1, 1:-1])
+    return float(1.4826 * np.median(resp) / 6.0)
 
 
 def _detector(cfg: AlignConfig):
@@ -166,7 +216,24 @@ def prepare(image: np.ndarray, cfg: AlignConfig = AlignConfig()) -> Frame:
     u8 = np.clip(grey * 255.0 + 0.5, 0, 255).astype(np.uint8)
     kps, desc = _detector(cfg).detectAndCompute(u8, None)
     pts = np.array([k.pt for k in kps], dtype=np.float32).reshape(-1, 2)
-    return Frame((w, h), to_work, grey, pts, desc, normalise(grey, cfg.norm_sigma))
+    norm, texture = normalise(grey, cfg.norm_sigma, cfg.texture_snr)
+    return Frame((w, h), to_work, grey, pts, desc, norm, texture)
+
+
+def set_region(anchor: Frame, quad: np.ndarray | None) -> Frame:
+    """Restrict the anchor's checks to the object: quad float (4, 2), anchor full-resolution px (e.g.
+    the cover's corners). Spread, overlap and agreement are then measured over the object only, and
+    ECC looks only at the object's texture (a textured table moves with the object, but glare and
+    clutter on it do not help). None: the whole anchor. Returns the same frame."""
+    if quad is None:
+        anchor.region = None
+        return anchor
+    q = project(anchor.to_work, np.asarray(quad, np.float64)).astype(np.float32)
+    mask = np.zeros(anchor.grey.shape, np.uint8)
+    cv2.fillConvexPoly(mask, np.round(q * 16).astype(np.int32), 1, lineType=cv2.LINE_8, shift=4)
+    anchor.region = q
+    anchor.region_mask = mask.astype(bool)
+    return anchor
 
 
 # ---------------------------------------------------------------------------------- alignment
@@ -194,8 +261,9 @@ def project(h: np.ndarray, pts: np.ndarray) -> np.ndarray:
 
 
 def homography_problem(h: np.ndarray, photo_size: tuple[int, int], anchor_size: tuple[int, int],
-                       cfg: AlignConfig) -> tuple[str | None, dict[str, float]]:
-    """Why homography h (photo px -> anchor px) is not plausible for a flat object, or None; plus the measures."""
+                       cfg: AlignConfig, region: np.ndarray | None = None) -> tuple[str | None, dict[str, float]]:
+    """Why homography h (photo px -> anchor px) is not plausible for a flat object, or None; plus the
+    measures. region: the object's quadrilateral (4, 2) in anchor px; overlap is then of it."""
     if h is None or not np.all(np.isfinite(h)) or abs(np.linalg.det(h)) < 1e-12:
         return "degenerate homography (singular or not finite)", {}
     w, hh = photo_size
@@ -218,31 +286,102 @@ def homography_problem(h: np.ndarray, photo_size: tuple[int, int], anchor_size: 
                     (project(h, [c + [0, eps]]) - project(h, [c - [0, eps]]))[0]], axis=1) / (2 * eps)
     sv = np.linalg.svd(jac, compute_uv=False)
     anisotropy = float(sv[0] / max(sv[1], 1e-12))
-    aw, ah = anchor_size
-    rect = _corners(anchor_size).astype(np.float32)
+    rect = (_corners(anchor_size) if region is None else np.asarray(region, np.float64)).astype(np.float32)
     inter, _ = cv2.intersectConvexConvex(quad.astype(np.float32), rect)
-    overlap = float(inter / max((aw - 1) * (ah - 1), 1))
+    overlap = float(inter / max(cv2.contourArea(rect), 1))
     checks = {"scale": scale, "anisotropy": anisotropy, "overlap": overlap}
     if not 1 / cfg.max_scale_change <= scale <= cfg.max_scale_change:
         return f"extreme homography (scale change {scale:.2f}, allowed 1/{cfg.max_scale_change}..{cfg.max_scale_change})", checks
     if anisotropy > cfg.max_anisotropy:
         return f"extreme homography (shear/foreshortening {anisotropy:.2f} > {cfg.max_anisotropy})", checks
     if overlap < cfg.min_overlap:
-        return f"photo covers only {overlap:.0%} of the anchor (min {cfg.min_overlap:.0%})", checks
+        what = "the anchor" if region is None else "the object"
+        return f"photo covers only {overlap:.0%} of {what} (min {cfg.min_overlap:.0%}; --min-overlap)", checks
     return None, checks
 
 
-def _ecc(anchor: Frame, photo: Frame, h_work: np.ndarray, cfg: AlignConfig) -> tuple[np.ndarray, float]:
+def _ecc(anchor: Frame, photo: Frame, h_work: np.ndarray, cfg: AlignConfig,
+         cells: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """Refine h_work (photo work px -> anchor work px) by ECC; returns (refined, correlation).
 
-    findTransformECC's warp maps template (anchor) coordinates into the input (photo), hence the inverse.
+    Only the anchor's textured pixels (inside its region, if set; inside `cells`, bool (h, w), if
+    given) take part: elsewhere the normalised images hold nothing but noise. findTransformECC's warp maps template (anchor)
+    coordinates into the input (photo), hence the inverse.
     """
     warp = np.linalg.inv(h_work)
     warp = (warp / warp[2, 2]).astype(np.float32)
     criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, cfg.ecc_iterations, cfg.ecc_eps)
-    cc, warp = cv2.findTransformECC(anchor.normalised, photo.normalised, warp, cv2.MOTION_HOMOGRAPHY, criteria, None, 1)
+    mask = _check_mask(anchor) if cells is None else _check_mask(anchor) & cells
+    cc, warp = cv2.findTransformECC(anchor.normalised, photo.normalised, warp, cv2.MOTION_HOMOGRAPHY, criteria,
+                                      mask.astype(np.uint8), 1)
     refined = np.linalg.inv(warp.astype(np.float64))
     return refined / refined[2, 2], float(cc)
+
+
+def _check_mask(anchor: Frame) -> np.ndarray:
+    """bool (h, w): the anchor pixels the photometric checks look at."""
+    mask = anchor.texture if anchor.texture is not None else np.ones(anchor.grey.shape, bool)
+    return mask if anchor.region_mask is None else mask & anchor.region_mask
+
+
+def agreement(anchor: Frame, photo: Frame, h_work: np.ndarray, cfg: AlignConfig) -> tuple[float | None, int]:
+    """Photometric agreement of a homography (photo work px -> anchor work px): (the
+    AGREEMENT_PERCENTILE-th percentile over cells of the normalised cross-correlation of the
+    normalised images, number of cells judged), where the anchor has texture and the photo covers
+    it. A high percentile: occluders, glare and shadow edges spoil many cells of a genuine photo,
+    while a photo of another object agrees in none. None when no cell has texture enough."""
+    return _percentile(cell_correlations(anchor, photo, h_work, cfg))
+
+
+def _percentile(grid: np.ndarray) -> tuple[float | None, int]:
+    ncc = grid[np.isfinite(grid)]
+    if len(ncc) == 0:
+        return None, 0
+    return float(np.percentile(ncc, AGREEMENT_PERCENTILE)), len(ncc)
+
+
+def cell_correlations(anchor: Frame, photo: Frame, h_work: np.ndarray, cfg: AlignConfig) -> np.ndarray:
+    """float (h // cell, w // cell) over the anchor's work image: the normalised cross-correlation of
+    the two normalised images in each cell of `cfg.cell` px; NaN where less than a quarter of the
+    cell is textured (anchor texture, inside its region) and covered by the photo."""
+    aw, ah = anchor.work_size
+    warped = cv2.warpPerspective(photo.normalised, h_work, (aw, ah), flags=cv2.INTER_LINEAR, borderValue=0)
+    covered = cv2.warpPerspective(np.ones(photo.grey.shape, np.uint8), h_work, (aw, ah), flags=cv2.INTER_NEAREST)
+    valid = (_check_mask(anchor) & covered.astype(bool)).astype(np.float32)
+    c = _cell(anchor, cfg)
+    ch, cw = ah // c, aw // c
+
+    def cell_sums(x: np.ndarray) -> np.ndarray:
+        return x[:ch * c, :cw * c].reshape(ch, c, cw, c).sum(axis=(1, 3))
+
+    a, b = anchor.normalised * valid, warped * valid
+    n, sa, sb = cell_sums(valid), cell_sums(a), cell_sums(b)
+    saa, sbb, sab = cell_sums(a * a), cell_sums(b * b), cell_sums(a * b)
+    n = np.maximum(n, 1)
+    cov = sab - sa * sb / n
+    ncc = cov / np.sqrt(np.maximum(saa - sa * sa / n, 1e-9) * np.maximum(sbb - sb * sb / n, 1e-9))
+    ncc[n < 0.25 * c * c] = np.nan
+    return ncc
+
+
+def _cell(anchor: Frame, cfg: AlignConfig) -> int:
+    """Cell side (px): cfg.cell, or the whole (short side of the) image when it is smaller."""
+    return min(cfg.cell, *anchor.grey.shape)
+
+
+def _agreeing_cells(anchor: Frame, grid: np.ndarray, cfg: AlignConfig) -> np.ndarray | None:
+    """bool (h, w) work px: the cells of `grid` (cell_correlations) that agree well, where ECC
+    should look (occluded, glaring or shadow-edged cells out); None when too few agree."""
+    good = np.isfinite(grid)
+    if not good.any():
+        return None
+    good &= np.nan_to_num(grid, nan=-1) > max(0.2, 0.5 * np.nanpercentile(grid, AGREEMENT_PERCENTILE))
+    if good.sum() < 4:
+        return None
+    c = _cell(anchor, cfg)
+    mask = np.zeros(anchor.grey.shape, bool)
+    mask[:good.shape[0] * c, :good.shape[1] * c] = np.repeat(np.repeat(good, c, axis=0), c, axis=1)
+    return mask
 
 
 def align(anchor: Frame, photo: Frame, cfg: AlignConfig = AlignConfig()) -> Alignment:
@@ -256,37 +395,62 @@ def align(anchor: Frame, photo: Frame, cfg: AlignConfig = AlignConfig()) -> Alig
     if len(src) < max(4, cfg.min_inliers):
         res.reason = f"too few feature matches ({len(src)} < {cfg.min_inliers}; another object?)"
         return res
-    h_work, inl = cv2.findHomography(src, dst, cv2.RANSAC, cfg.ransac_threshold, maxIters=5000, confidence=0.999)
-    res.inliers = int(inl.sum()) if inl is not None else 0
+    h_work, inl = cv2.findHomography(src, dst, cv2.USAC_MAGSAC, cfg.ransac_threshold, maxIters=5000, confidence=0.999)
+    inl = inl.ravel().astype(bool) if inl is not None else np.zeros(len(src), bool)
+    res.inliers = int(inl.sum())
     if h_work is None or res.inliers < cfg.min_inliers:
-        res.reason = f"too few RANSAC inliers ({res.inliers} < {cfg.min_inliers} of {len(src)} matches; another object?)"
+        res.reason = (f"too few RANSAC inliers ({res.inliers} < {cfg.min_inliers} of {len(src)} matches; "
+                      "another object? --min-inliers)")
         return res
-    problem, res.checks = homography_problem(h_work, photo.work_size, anchor.work_size, cfg)
+    problem, res.checks = homography_problem(h_work, photo.work_size, anchor.work_size, cfg, anchor.region)
     if problem:
         res.reason = problem
         return res
+    # Geometry of the inliers: spread over the object (a chance match clusters), reprojection error.
+    object_area = cv2.contourArea(anchor.region) if anchor.region is not None else anchor.grey.size
+    hull = cv2.convexHull(dst[inl].reshape(-1, 1, 2))
+    res.checks["spread"] = float(cv2.contourArea(hull) / max(object_area, 1))
+    res.checks["inlier_ratio"] = res.inliers / len(src)
+    res.checks["reprojection_px"] = float(np.sqrt(np.mean(np.sum((project(h_work, src[inl]) - dst[inl]) ** 2, axis=1))))
+    if res.checks["spread"] < cfg.min_spread:
+        res.reason = (f"the inliers cover only {res.checks['spread']:.0%} of the object (min {cfg.min_spread:.0%}: "
+                      "a detail matched by chance? --min-spread)")
+        return res
+    grid = cell_correlations(anchor, photo, h_work, cfg)
+    res.agreement, res.checks["cells"] = _percentile(grid)
     if cfg.ecc:
-        try:
-            refined, res.ecc = _ecc(anchor, photo, h_work, cfg)
-        except cv2.error as exc:
-            res.reason = f"ECC refinement failed ({str(exc).strip().splitlines()[-1]})"
-            return res
-        ac = _corners(anchor.work_size)
-        res.ecc_shift = float(np.abs(project(np.linalg.inv(refined), ac) - project(np.linalg.inv(h_work), ac)).max())
-        if res.ecc < cfg.min_ecc:
-            res.reason = f"poor ECC score ({res.ecc:.3f} < {cfg.min_ecc})"
-            return res
-        if res.ecc_shift > cfg.max_ecc_shift:
-            res.reason = f"ECC moved {res.ecc_shift:.1f} px from the feature estimate (max {cfg.max_ecc_shift})"
-            return res
-        problem, res.checks = homography_problem(refined, photo.work_size, anchor.work_size, cfg)
-        if problem:
-            res.reason = problem
-            return res
-        h_work = refined
+        res.refined, h_work = _refine(anchor, photo, h_work, src[inl], _agreeing_cells(anchor, grid, cfg), res, cfg)
+    else:
+        res.refined = "off"
+    if res.agreement is not None and res.agreement < cfg.min_agreement:
+        res.reason = (f"poor photometric agreement where the object has texture ({res.agreement:.2f} < "
+                      f"{cfg.min_agreement}; another object, or mostly hidden? --min-agreement)")
+        return res
     h_full = np.linalg.inv(anchor.to_work) @ h_work @ photo.to_work
     res.homography = h_full / h_full[2, 2]
     return res
+
+
+def _refine(anchor: Frame, photo: Frame, h_work: np.ndarray, inliers: np.ndarray, cells: np.ndarray | None,
+            res: Alignment, cfg: AlignConfig) -> tuple[str, np.ndarray]:
+    """ECC from the feature estimate h_work; returns ("ecc", refined) (res.agreement updated) or (why
+    the feature estimate stands: ECC failed, moved the inliers too far, or agrees less, h_work).
+    ECC looks only at the cells that agree under the feature estimate (`cells`): an occluder or a
+    glare is not texture of the object, and least squares would follow it."""
+    try:
+        refined, res.ecc = _ecc(anchor, photo, h_work, cfg, cells)
+    except cv2.error as exc:
+        return f"kept features: ECC failed ({str(exc).strip().splitlines()[-1][:80]})", h_work
+    res.ecc_shift = float(np.linalg.norm(project(refined, inliers) - project(h_work, inliers), axis=1).max())
+    if res.ecc_shift > cfg.max_ecc_shift:
+        return f"kept features: ECC moved the inliers {res.ecc_shift:.1f} px (max {cfg.max_ecc_shift})", h_work
+    if homography_problem(refined, photo.work_size, anchor.work_size, cfg, anchor.region)[0]:
+        return "kept features: ECC's homography is implausible", h_work
+    score, _ = agreement(anchor, photo, refined, cfg)
+    if res.agreement is not None and (score is None or score < res.agreement - 0.02):
+        return f"kept features: ECC agrees less ({score} < {res.agreement:.3f})", h_work
+    res.agreement = score
+    return "ecc", refined
 
 
 # ---------------------------------------------------------------------------------- warping, crop
