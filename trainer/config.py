@@ -16,6 +16,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from trainer.launch_env import process_rank
+
 
 class Arch(Enum):
     drs_fusion = "drs_fusion"  # the default: full-resolution softmax fusion (model/fusion.py)
@@ -121,8 +123,18 @@ class TrainConfig:
     init_required: bool = False  # experiments that only make sense from pretrained weights set this
 
 
+def rank0_only(value: Any) -> Any:
+    """`${drs_rank0:VALUE}`: VALUE on rank 0, null on the other ranks of a torchrun/srun job.
+
+    conf/train.yaml sets hydra.output_subdir with it, so only rank 0 writes .hydra/. Resolved in
+    each task; submitit's tasks import this module when they unpickle the ConfigStore.
+    """
+    return value if process_rank() == 0 else None
+
+
 def register_configs() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    OmegaConf.register_new_resolver("drs_rank0", rank0_only, replace=True)
 
 
 register_configs()

@@ -15,6 +15,7 @@ import contextlib
 import copy
 import itertools
 import logging
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,9 +35,18 @@ from model.checkpoint import CheckpointError
 from trainer import checkpoints as ckpt
 from trainer.config import check_config, to_plain
 from trainer.data import SetBatchSampler, ShardSetDataset, make_loader, to_float, validation_batches
-from trainer.distributed import DistEnv, barrier, broadcast_flag, init_distributed, shutdown
+from trainer.distributed import (
+    DistEnv,
+    barrier,
+    broadcast_flag,
+    check_shared_out_dir,
+    init_distributed,
+    shutdown,
+)
+from trainer.launch_env import process_rank
 from trainer.logging_utils import RunLogger, format_validation
 from trainer.optim import EMA, build_optimizer, build_scheduler, compute_loss
+from trainer.preemption import REQUEUE_SIGNALS, Preempted, StopSignals, agreed_stop, requeue, restart_count
 from trainer.validation import validate
 
 log = logging.getLogger(__name__)
@@ -73,6 +83,7 @@ class Run:
     last_metrics: dict | None = None
     skipped: int = 0
     history: list[dict] = field(default_factory=list)
+    stop: StopSignals | None = None  # Slurm's warning and kill signals, acted on between steps
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -151,12 +162,17 @@ def setup(cfg: DictConfig, env: DistEnv) -> Run:
         for p in net.encoder_parameters():
             p.requires_grad_(False)
 
-    payload = ckpt.latest_resumable(out_dir) if cfg.resume else None
+    check_shared_out_dir(env, out_dir)
+    resume = cfg.resume or restart_count() > 0
+    if resume and not cfg.resume:
+        # Slurm restarted this job (requeued after a preemption or near its time limit).
+        log.info("Slurm restart %d of this job: resuming from %s", restart_count(), ckpt.checkpoint_dir(out_dir))
+    payload = ckpt.latest_resumable(out_dir) if resume else None
     if broadcast_flag(env, payload is not None) != (payload is not None):
         # Every rank reads out_dir itself; they must agree, or the ranks would train different models.
         raise CheckpointError(f"rank {env.rank} and rank 0 disagree on whether {ckpt.checkpoint_dir(out_dir)} "
                               "holds a checkpoint to resume from; out_dir must be on a shared filesystem")
-    if cfg.resume and payload is None:
+    if resume and payload is None:
         log.info("resume=true but no checkpoint in %s: starting a new run", ckpt.checkpoint_dir(out_dir))
     if payload is None and cfg.init_from:
         ckpt.init_weights_from(net, cfg.init_from)
@@ -290,7 +306,7 @@ def loop(run: Run) -> dict:
     loader.generator = torch.Generator().manual_seed(run.cfg.seed)
     bar = tqdm(total=t.max_steps, initial=run.step, desc="train", unit="step",
                disable=not (env.is_main and t.progress), dynamic_ncols=True)
-    last_path, stopped = None, False
+    last_path, stopped, preempted = None, False, None
     tic, seen, losses = time.perf_counter(), 0, []
     batches = iter(loader)
     while run.step < t.max_steps:
@@ -327,9 +343,19 @@ def loop(run: Run) -> dict:
         if t.stop_at_step is not None and run.step >= t.stop_at_step and run.step < t.max_steps:
             stopped = True
             break
+        signum = agreed_stop(run.stop, env)  # every rank, every step: they must all stop at the same one
+        if signum and run.step < t.max_steps:
+            if run.step % t.ckpt_every != 0:  # not saved just above
+                if env.is_main:
+                    last_path = save_step_checkpoint(run)
+                barrier(env)
+            preempted = signal.Signals(signum).name
+            if env.is_main:
+                log.warning("%s: stopped at step %d, saved %s", preempted, run.step, last_path)
+            break
     bar.close()
     run.logger.close()
-    summary = {"step": run.step, "stopped_early": stopped, "best_val_psnr": run.best_psnr,
+    summary = {"step": run.step, "stopped_early": stopped, "preempted": preempted, "best_val_psnr": run.best_psnr,
                "last_val": run.last_metrics, "last_checkpoint": str(last_path) if last_path else None,
                "skipped_items": run.skipped, "validations": run.history}
     if env.is_main:
@@ -339,17 +365,42 @@ def loop(run: Run) -> dict:
     return summary
 
 
+def _quiet_rank() -> None:
+    """Ranks other than 0: warnings only, and to the console (their task's own log), never into
+    the log file Hydra opened in the shared out_dir, which is rank 0's."""
+    root = logging.getLogger()
+    root.setLevel(logging.WARNING)
+    for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def _leave_preempted(run: Run, signum: int) -> None:
+    """After the preemption checkpoint: rank 0 requeues the Slurm job on a warning signal, then all go."""
+    requeued = run.env.is_main and signum in REQUEUE_SIGNALS and requeue()
+    barrier(run.env)  # no rank exits (which could end the job step) before the requeue is asked for
+    raise Preempted(signum, requeued)
+
+
 def train(cfg: DictConfig) -> dict:
-    """Set up (single process, or one torchrun rank) and train. Returns the loop's summary."""
-    env = init_distributed(cfg.trainer.device)
-    if not env.is_main:
-        logging.getLogger().setLevel(logging.WARNING)  # only rank 0 talks
-    try:
-        run = setup(cfg, env)
+    """Set up (single process, or one torchrun or srun rank) and train. Returns the loop's summary.
+
+    Raises Preempted after saving when a stop signal arrived (see trainer/preemption.py).
+    """
+    with StopSignals() as stop:  # from the start: a rendezvous across nodes can take a while
+        if process_rank() != 0:
+            _quiet_rank()  # before the rendezvous, whose lines only rank 0 needs to log
+        env = init_distributed(cfg.trainer.device)
         try:
-            with logging_redirect_tqdm():  # log lines above the progress bar, not through it
-                return loop(run)
+            run = setup(cfg, env)
+            run.stop = stop
+            try:
+                with logging_redirect_tqdm():  # log lines above the progress bar, not through it
+                    summary = loop(run)
+            finally:
+                run.train_set.close()
+            if summary["preempted"]:
+                _leave_preempted(run, signal.Signals[summary["preempted"]])
+            return summary
         finally:
-            run.train_set.close()
-    finally:
-        shutdown(env)
+            shutdown(env)
