@@ -1,17 +1,22 @@
-"""Sequences per second from the HDF5 shard loader beside the same data as a folder of PNG files.
+"""Sequences per second and bytes per sequence: HDF5 shards (schema 2, and schema 1 for reference)
+beside the same sequences as a folder of PNG files.
 
-    .venv/bin/python benchmarks/loader_throughput.py            # 48 sequences, 256 px, K=9
+    .venv/bin/python benchmarks/loader_throughput.py --dataset /work/data/bench-256  # rendered (what counts)
+    .venv/bin/python benchmarks/loader_throughput.py            # 48 smooth test sequences, 256 px, K=9
     .venv/bin/python benchmarks/loader_throughput.py --quick    # 16 sequences, 128 px, seconds
-    .venv/bin/python benchmarks/loader_throughput.py --dataset data/synth   # rendered sequences instead
 
 Without --dataset the sequences are the tests' smooth synthetic ones, which PNG compresses far
 better than real renders (grain, noise): --dataset measures what training will actually read.
 
-Both loaders deliver the same thing (all K images and the target of a sequence as float tensors,
-batches of 10, 2 DataLoader workers), measured in one run under the same machine load. Also
-printed: bytes per sequence on disk for each, and what one training step consumes (sequences per
-second of drs_small at the default training crop), so "loader / training" says how far data is
-from starving the model. Goal: loader >= 3x PNG and >= 10x training.
+The first --sequences sequences are written three ways in one temporary folder: shards of the
+current schema (Zstd, predictor, checksums), shards of schema 1 (LZF), and a PNG folder (the K
+inputs and the target as RGB PNGs, each mask as a 1-bit PNG). Bytes per sequence count all of it
+(inputs + target + masks). Every loader delivers the same thing (the K images and the target of a
+sequence as uint8 tensors, batches of 10, 2 DataLoader workers); the loaders run in turn, twice,
+and the faster round of each counts, so a burst of load on the shared machine hurts them alike.
+Also printed: what one training step consumes (sequences per second of drs_small at the default
+training crop), so "loader / training" says how far data is from starving the model.
+Goals: shard bytes <= PNG bytes, loader >= 3x PNG and >= 10x training.
 """
 
 from __future__ import annotations
@@ -30,14 +35,27 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.fixtures_data, run from anywhere
 
-from tests.fixtures_data import make_sequence, make_tiny_dataset  # noqa: E402
+from generator.dataset_format import (  # noqa: E402
+    SCHEMA_VERSION,
+    SequenceRecord,
+    ShardReader,
+    dataset_shards,
+    shard_entry,
+    shard_path,
+    write_manifest,
+    write_shard,
+)
+from tests.fixtures_data import make_sequence  # noqa: E402
 from trainer.data import SetBatchSampler, ShardSetDataset, make_loader  # noqa: E402
+
+PER_SHARD = 16
 
 
 class PngFolder(Dataset):
     """DIR/seq-00000/{0..K-1}.png + target.png -> inputs uint8 (K, 3, H, W), target uint8 (3, H, W).
 
-    uint8 like the shard loader's items, so both send the same bytes through the workers."""
+    uint8 like the shard loader's items, so both send the same bytes through the workers. The
+    masks (mask-*.png) are on disk for the byte count but not read: training does not use them."""
 
     def __init__(self, root: Path):
         self.dirs = sorted(p for p in root.iterdir() if p.is_dir())
@@ -52,48 +70,48 @@ class PngFolder(Dataset):
         return {"inputs": torch.stack([load(p) for p in frames]), "target": load(d / "target.png")}
 
 
-def write_pngs(root: Path, n: int, k: int, size: int, seed: int) -> None:
+def synthetic_records(n: int, k: int, size: int, seed: int = 0) -> tuple[list[SequenceRecord], dict]:
+    records = []
     for sid in range(n):
-        inputs, target, _ = make_sequence(np.random.default_rng([seed, sid]), k, size)
-        d = root / f"seq-{sid:05d}"
-        d.mkdir(parents=True)
-        for j in range(k):
-            Image.fromarray(inputs[j]).save(d / f"{j}.png")
-        Image.fromarray(target).save(d / "target.png")
+        inputs, target, occluder = make_sequence(np.random.default_rng([seed, sid]), k, size)
+        records.append(SequenceRecord(sid, inputs, target, {"occluder": occluder}, {"sequence_id": sid}))
+    return records, {"seed": seed, "generator_version": "fixture", "blender_version": "none"}
 
 
-def copy_rendered(dataset: Path, shards_dir: Path, png_root: Path, n: int) -> int:
-    """The first n sequences of a rendered dataset, re-written as shards and as a PNG folder."""
-    from generator.dataset_format import (
-        ShardReader,
-        dataset_shards,
-        shard_entry,
-        shard_path,
-        write_manifest,
-        write_shard,
-    )
-
+def rendered_records(dataset: Path, n: int) -> tuple[list[SequenceRecord], dict]:
+    """The first n sequences of a rendered dataset (drs-generate output, any schema)."""
     records, attrs = [], {}
     for path in dataset_shards(dataset):
         with ShardReader(path) as reader:
             attrs = reader.attrs
-            for i in range(min(len(reader), n - len(records))):
-                records.append(reader.read(i))
+            records += [reader.read(i) for i in range(min(len(reader), n - len(records)))]
         if len(records) >= n:
             break
+    return records, attrs
+
+
+def write_shards(out: Path, records: list[SequenceRecord], attrs: dict, schema_version: int) -> Path:
     entries = []
-    for start in range(0, len(records), 16):
-        path = write_shard(shard_path(shards_dir, start // 16), records[start:start + 16], seed=attrs["seed"],
-                           config={}, generator_version=attrs["generator_version"], blender_version=attrs["blender_version"])
-        entries.append(shard_entry(shards_dir, path, records[start].sequence_id, len(records[start:start + 16])))
-    write_manifest(shards_dir, seed=attrs["seed"], config={}, shards=entries)
+    for start in range(0, len(records), PER_SHARD):
+        chunk = records[start:start + PER_SHARD]
+        path = write_shard(shard_path(out, start // PER_SHARD), chunk, seed=attrs["seed"], config={},
+                           generator_version=attrs["generator_version"], blender_version=attrs["blender_version"],
+                           schema_version=schema_version)
+        entries.append(shard_entry(out, path, chunk[0].sequence_id, len(chunk)))
+    write_manifest(out, seed=attrs["seed"], config={}, shards=entries)
+    return out
+
+
+def write_pngs(root: Path, records: list[SequenceRecord]) -> None:
     for sid, rec in enumerate(records):
-        d = png_root / f"seq-{sid:05d}"
+        d = root / f"seq-{sid:05d}"
         d.mkdir(parents=True)
         for j, img in enumerate(rec.inputs):
             Image.fromarray(img).save(d / f"{j}.png")
         Image.fromarray(rec.target).save(d / "target.png")
-    return len(records)
+        for name, mask in rec.masks.items():
+            for j, m in enumerate(mask):
+                Image.fromarray(m.astype(bool)).save(d / f"mask-{name}-{j}.png")  # mode "1": 1 bit per pixel
 
 
 def dir_bytes(root: Path, pattern: str) -> int:
@@ -146,49 +164,71 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     if args.quick:
-        args.sequences, args.resolution, args.epochs, args.train_steps = 16, 128, 3, 2
+        args.sequences, args.resolution, args.epochs, args.train_steps = 16, 128, 2, 2
         args.train_crop = min(args.train_crop, args.resolution)
+
+    if args.dataset:
+        records, attrs = rendered_records(args.dataset, args.sequences)
+    else:
+        records, attrs = synthetic_records(args.sequences, args.length, args.resolution)
+    args.sequences = len(records)
+    args.length, args.resolution = records[0].inputs.shape[0], records[0].inputs.shape[1]
+    mask_names = sorted(records[0].masks)
 
     with tempfile.TemporaryDirectory(prefix="drs-loader-bench-") as tmp:
         tmp = Path(tmp)
-        if args.dataset:
-            shards = tmp / "shards"
-            args.sequences = copy_rendered(args.dataset, shards, tmp / "png", args.sequences)
-            probe = ShardSetDataset(shards, crop=None)
-            args.length, args.resolution = probe.sequence_length, probe.image_size[0]
-        else:
-            shards = make_tiny_dataset(tmp / "shards", num_sequences=args.sequences, k=args.length,
-                                       size=args.resolution, sequences_per_shard=16)
-            write_pngs(tmp / "png", args.sequences, args.length, args.resolution, seed=0)
+        start = time.perf_counter()
+        write_shards(tmp / "v2", records, attrs, SCHEMA_VERSION)
+        write_s = (time.perf_counter() - start) / args.sequences
+        write_shards(tmp / "v1", records, attrs, 1)
+        write_pngs(tmp / "png", records)
+        del records
 
-        ds = ShardSetDataset(shards, crop=None, augment=True)
-        sampler = SetBatchSampler(len(ds), args.batch, args.length, args.length, seed=0)
-        batches = []  # every epoch's batches up front: one iterator, workers started once, for both loaders
+        sampler = SetBatchSampler(args.sequences, args.batch, args.length, args.length, seed=0)
+        batches = []  # every epoch's batches up front: one iterator, workers started once, for every loader
         for epoch in range(args.epochs):
             sampler.set_epoch(epoch)
             batches += list(sampler)
-        h5_rate = time_loader(make_loader(ds, batches, num_workers=args.workers))
         png_batches = [[r.index for r in b] for b in batches]
-        png_rate = time_loader(DataLoader(PngFolder(tmp / "png"), batch_sampler=png_batches, num_workers=args.workers,
-                                          prefetch_factor=4))
-        h5_bytes = dir_bytes(tmp / "shards", "*.h5") / args.sequences
-        png_bytes = dir_bytes(tmp / "png", "*.png") / args.sequences
+        loaders = {
+            "v2": lambda: make_loader(ShardSetDataset(tmp / "v2", crop=None, augment=True), batches, num_workers=args.workers),
+            "v1": lambda: make_loader(ShardSetDataset(tmp / "v1", crop=None, augment=True), batches, num_workers=args.workers),
+            "png": lambda: DataLoader(PngFolder(tmp / "png"), batch_sampler=png_batches, num_workers=args.workers,
+                                      prefetch_factor=4),
+        }
+        rate = {name: 0.0 for name in loaders}
+        for _ in range(2):
+            for name, make in loaders.items():
+                rate[name] = max(rate[name], time_loader(make()))
+        size = {"v2": dir_bytes(tmp / "v2", "*.h5"), "v1": dir_bytes(tmp / "v1", "*.h5"),
+                "png": dir_bytes(tmp / "png", "*.png"), "png_masks": dir_bytes(tmp / "png", "mask-*.png")}
+        size = {k: v / args.sequences for k, v in size.items()}
 
-    train_rate = training_consumption(min(args.train_crop, args.resolution), args.batch, args.train_k, args.train_steps)
+    crop = min(args.train_crop, args.resolution)
+    train_rate = training_consumption(crop, args.batch, args.train_k, args.train_steps)
     figures = {
         "resolution": args.resolution, "K": args.length, "sequences": args.sequences, "workers": args.workers,
-        "hdf5_seq_per_s": h5_rate, "png_seq_per_s": png_rate, "hdf5_over_png": h5_rate / png_rate,
-        "hdf5_bytes_per_seq": h5_bytes, "png_bytes_per_seq": png_bytes,
-        "train_seq_per_s": train_rate, "hdf5_over_train": h5_rate / train_rate,
-        "train_step": f"drs_small, crop {min(args.train_crop, args.resolution)}, batch {args.batch}, k={args.train_k}, CPU",
+        "masks": mask_names, "data": str(args.dataset) if args.dataset else "smooth test sequences",
+        "hdf5_seq_per_s": rate["v2"], "hdf5_v1_seq_per_s": rate["v1"], "png_seq_per_s": rate["png"],
+        "hdf5_over_png": rate["v2"] / rate["png"], "hdf5_v1_over_png": rate["v1"] / rate["png"],
+        "hdf5_bytes_per_seq": size["v2"], "hdf5_v1_bytes_per_seq": size["v1"], "png_bytes_per_seq": size["png"],
+        "png_mask_bytes_per_seq": size["png_masks"], "hdf5_write_s_per_seq": write_s,
+        "train_seq_per_s": train_rate, "hdf5_over_train": rate["v2"] / train_rate,
+        "train_step": f"drs_small, crop {crop}, batch {args.batch}, k={args.train_k}, CPU",
     }
-    print(f"loader throughput, {args.sequences} sequences of K={args.length} at {args.resolution} px, "
-          f"batch {args.batch}, {args.workers} workers")
-    print(f"  HDF5 shards : {h5_rate:8.1f} seq/s   {h5_bytes / 1e6:6.2f} MB/seq")
-    print(f"  PNG folder  : {png_rate:8.1f} seq/s   {png_bytes / 1e6:6.2f} MB/seq")
-    print(f"  shards / PNG: {h5_rate / png_rate:.1f}x (goal >= 3x)")
-    print(f"  training consumes {train_rate:.2f} seq/s ({figures['train_step']}); "
-          f"loader / training: {h5_rate / train_rate:.0f}x (goal >= 10x)")
+    print(f"loader throughput, {args.sequences} sequences of K={args.length} at {args.resolution} px "
+          f"({figures['data']}), masks {','.join(mask_names) or '-'}, batch {args.batch}, {args.workers} workers")
+    print(f"  shards, schema {SCHEMA_VERSION}: {rate['v2']:8.1f} seq/s   {size['v2'] / 1e6:6.3f} MB/seq   "
+          f"(written at {write_s * 1e3:.0f} ms/seq)")
+    print(f"  shards, schema 1: {rate['v1']:8.1f} seq/s   {size['v1'] / 1e6:6.3f} MB/seq")
+    print(f"  PNG folder      : {rate['png']:8.1f} seq/s   {size['png'] / 1e6:6.3f} MB/seq "
+          f"(masks {size['png_masks'] / 1e6:.3f} of it)")
+    ok = lambda cond: "met" if cond else "MISSED"  # noqa: E731
+    print(f"  bytes, shards / PNG: {size['v2'] / size['png']:.2f} (goal <= 1: {ok(size['v2'] <= size['png'])})")
+    print(f"  speed, shards / PNG: {rate['v2'] / rate['png']:.1f}x (goal >= 3x: {ok(rate['v2'] >= 3 * rate['png'])}); "
+          f"schema 1 / PNG: {rate['v1'] / rate['png']:.1f}x")
+    print(f"  training consumes {train_rate:.2f} seq/s ({figures['train_step']}); loader / training: "
+          f"{rate['v2'] / train_rate:.0f}x (goal >= 10x: {ok(rate['v2'] >= 10 * train_rate)})")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
 

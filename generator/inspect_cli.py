@@ -32,20 +32,24 @@ def _shards(path: Path) -> tuple[list[Path], dict | None]:
 def summarize(path: Path) -> str:
     shards, manifest = _shards(path)
     lines = []
-    total = 0
+    total = total_bytes = 0
     for shard in shards:
         with ShardReader(shard) as r:
             k, (h, w) = r.sequence_length, r.image_size
             ids = r.sequence_ids
+            size = shard.stat().st_size
             lines.append(f"{shard.name}: {len(r)} sequences (ids {ids.min()}..{ids.max()}), K={k}, {w}x{h}, "
                          f"source={r.attrs.get('source')}, target={'yes' if r.has_target else 'no'}, "
-                         f"masks={','.join(r.mask_names) or '-'}, {shard.stat().st_size / 2**20:.1f} MiB")
+                         f"masks={','.join(r.mask_names) or '-'}, {size / 2**20:.1f} MiB, "
+                         f"{size / max(len(r), 1) / 1e6:.3f} MB/sequence")
+            lines.append(f"    schema {r.attrs.get('schema_version')}: {storage_line(r.storage(), len(r))}")
+            total_bytes += size
             if r.mask_names and len(r):
                 rec = r.read(0)
                 cover = ", ".join(f"{n} {rec.masks[n].mean() * 100:.1f}%" for n in r.mask_names)
                 lines.append(f"    first sequence mask coverage: {cover}")
             total += len(r)
-    head = [f"{path}: {total} sequences in {len(shards)} shard(s)"]
+    head = [f"{path}: {total} sequences in {len(shards)} shard(s), {total_bytes / max(total, 1) / 1e6:.3f} MB/sequence"]
     if manifest:
         rej = manifest.get("rejected", {})
         head.append(f"seed {manifest.get('seed')}, generator {manifest.get('generator_version')}, "
@@ -56,6 +60,26 @@ def summarize(path: Path) -> str:
         if manifest.get("missing_shards"):
             head.append(f"MISSING shards: {manifest['missing_shards']}")
     return "\n".join(head + lines)
+
+
+def storage_line(storage: dict[str, dict], n: int) -> str:
+    """'inputs 0.612 MB/seq zstd(6) +target_sub, ...; fletcher32 on every chunk' from ShardReader.storage().
+
+    The masks are summed into one entry; sequence_id and params are a few hundred bytes a sequence
+    (params' strings live in HDF5's global heap, counted only in the file's size)."""
+    groups: dict[str, list[dict]] = {}
+    for name, info in storage.items():
+        if name in ("inputs", "target") or name.startswith("masks/"):
+            groups.setdefault("masks" if name.startswith("masks/") else name, []).append(info)
+    parts = []
+    for name, infos in sorted(groups.items(), key=lambda item: ["inputs", "target", "masks"].index(item[0])):
+        filters = "+".join(infos[0]["filters"]) or "uncompressed"
+        predictor = "" if infos[0]["predictor"] == "none" else f" predictor {infos[0]['predictor']}"
+        parts.append(f"{name} {sum(i['bytes'] for i in infos) / max(n, 1) / 1e6:.3f} MB/seq {filters}{predictor}")
+    checked = [name for name, infos in groups.items() if all(i["fletcher32"] for i in infos)]
+    check = ("fletcher32 on every chunk" if len(checked) == len(groups)
+             else f"fletcher32 on {', '.join(checked)}" if checked else "no checksums")
+    return f"{', '.join(parts)}; {check}"
 
 
 def _mask_overlay(rec: SequenceRecord, j: int) -> np.ndarray:

@@ -2,6 +2,7 @@
 
     drs-verify DATASET            # exit 0: every shard present, hashed, decodable; else 1 + names
     drs-verify DATASET --json r.json
+    drs-verify --upgrade DATASET  # first rewrite schema-1 shards as schema 2 (generator/upgrade.py)
 
 For every shard the dataset should hold it checks presence, size and sha256 against the record
 written when the shard was finished (its manifest part, or manifest.json for datasets without
@@ -38,6 +39,7 @@ from generator.dataset_format import (
     DatasetFormatError,
     ShardReader,
     read_manifest,
+    run_command,
     sha256_file,
     shard_path,
     validate_shard,
@@ -179,6 +181,9 @@ def verify_shard(
             f"expected {part_path(dataset_dir, index).relative_to(dataset_dir)}",
         )
     size = path.stat().st_size
+    pending = entry.get("upgrade")  # an upgrade to schema 2 killed between its rename and its record
+    if pending and size == pending.get("bytes") and sha256_file(path) == pending.get("sha256"):
+        entry = {**entry, **pending}
     if size != entry.get("bytes"):
         return problem("corrupt", f"{size} bytes, recorded {entry.get('bytes')}")
     digest = sha256_file(path)
@@ -312,6 +317,12 @@ def _parser() -> argparse.ArgumentParser:
         "--no-merge", action="store_true", help="do not (re)write manifest.json from the parts"
     )
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--upgrade",
+        action="store_true",
+        help="first rewrite schema-1 shards as schema 2 (Zstd, checksummed), atomically, shard by "
+        "shard (generator/upgrade.py); rerunning it is safe",
+    )
     repair_group = parser.add_argument_group("repair")
     repair_group.add_argument(
         "--repair",
@@ -346,24 +357,43 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prog}: {args.dataset}: not a directory", file=sys.stderr)
         return 2
     progress = not args.no_progress
-    try:
-        report = verify_dataset(args.dataset, merge=not args.no_merge, progress=progress)
-        if args.repair and not report.ok:
-            report = _repair_cli(args, report, progress)
-    except DatasetFormatError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return 2
-    except _RepairRefused as exc:
-        print(f"{prog}: cannot repair: {exc}", file=sys.stderr)
-        return 2
-    if args.json:
-        write_json_atomic(args.json, report.to_dict())
+    merge = not args.no_merge
+    if merge and not args.repair and not os.access(args.dataset, os.W_OK):
+        print(f"{prog}: {args.dataset} is read-only: checking it without rewriting manifest.json", file=sys.stderr)
+        merge = False
+    done: dict[str, VerifyReport] = {}
+
+    def body() -> None:
+        upgraded = _upgrade_cli(args.dataset) if args.upgrade else []
+        done["report"] = verify_dataset(args.dataset, merge=merge, progress=progress)
+        done["report"].problems += upgraded
+        if args.repair and not done["report"].ok:
+            done["report"] = _repair_cli(args, done["report"], progress)
+        if args.json:
+            write_json_atomic(args.json, done["report"].to_dict())
+
+    code = run_command(prog, body, user_errors=(_RepairRefused,), on_interrupt=(
+        "complete shards and shards moved to quarantine/ are kept, as are the sequences a repair had "
+        f"cached; rerun `drs-verify {args.dataset}{' --repair' if args.repair else ''}` to go on"))
+    if code:
+        return code
+    report = done["report"]
     print(report.summary(), file=sys.stdout if report.ok else sys.stderr)
     return 0 if report.ok else 1
 
 
+def _upgrade_cli(dataset: Path) -> list[ShardProblem]:
+    """Upgrade schema-1 shards to schema 2; returns the shards that could not be upgraded."""
+    from generator.upgrade import upgrade_dataset  # it imports this module
+
+    report = upgrade_dataset(dataset)
+    print(f"{dataset}: {report.summary()}", file=sys.stderr)
+    return report.problems
+
+
 class _RepairRefused(Exception):
-    pass
+    def __str__(self) -> str:
+        return f"cannot repair: {super().__str__()}"
 
 
 def _repair_cli(args: argparse.Namespace, report: VerifyReport, progress: bool) -> VerifyReport:
