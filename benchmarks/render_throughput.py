@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/render_throughput.py                       # 256 px, K=9
     .venv/bin/python benchmarks/render_throughput.py --quick               # 64 px, K=3, seconds
+    .venv/bin/python benchmarks/render_throughput.py --scene paper --camera phone   # another preset
 
 Three renders of the same sequences (same seed, same scenes) in this one command, so speed-ups are
 ratios measured under the same machine load: the fast default; a plain path trace at 16 samples
@@ -21,15 +22,28 @@ from pathlib import Path
 import numpy as np
 
 from generator.cli_generate import generate
-from generator.config import GenerateConfig, RenderConfig
+from generator.cli_generate import CONF_DIR
+from generator.config import CameraConfig, GenerateConfig, RenderConfig, SceneConfig, register, validate
 from generator.dataset_format import ShardReader, read_manifest
 
 
+def _groups(scene: str, camera: str) -> tuple[SceneConfig, CameraConfig]:
+    """The scene and camera config groups named on the command line (conf/scene, conf/camera)."""
+    from hydra import compose, initialize_config_dir
+
+    register()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = validate(compose(config_name="generate", overrides=[f"scene={scene}", f"camera={camera}"]))
+    return cfg.scene, cfg.camera
+
+
 def _render(out: Path, quality: str, n: int, args, samples: int, seed_salt: int = 0) -> tuple[float, dict[int, np.ndarray]]:
+    scene, camera = _groups(args.scene, args.camera)
     cfg = GenerateConfig(
         out_dir=str(out), num_sequences=n, sequence_length=args.length, resolution=args.resolution, seed=args.seed,
-        sequences_per_shard=n, progress=False,
-        render=RenderConfig(quality=quality, reference_samples=samples, seed_salt=seed_salt),
+        sequences_per_shard=n, progress=False, scene=scene, camera=camera,
+        render=RenderConfig(quality=quality, reference_samples=samples, seed_salt=seed_salt, threads=args.threads,
+                            covers_per_lighting=args.covers_per_lighting),
     )
     start = time.perf_counter()
     generate(cfg)
@@ -55,6 +69,10 @@ def main() -> None:
     parser.add_argument("--reference-sequences", type=int, default=1)
     parser.add_argument("--reference-samples", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scene", default="default", help="scene preset (conf/scene/NAME.yaml)")
+    parser.add_argument("--camera", default="none", help="camera effects (conf/camera/NAME.yaml)")
+    parser.add_argument("--threads", type=int, default=0, help="Blender render threads (0: all cores)")
+    parser.add_argument("--covers-per-lighting", type=int, default=RenderConfig.covers_per_lighting)
     parser.add_argument("--quick", action="store_true", help="64 px, K=3, 6 fast and 1 reference sequence at 128 spp")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
@@ -79,13 +97,17 @@ def main() -> None:
         "resolution": args.resolution,
         "sequence_length": args.length,
         "reference_samples": args.reference_samples,
+        "scene": args.scene,
+        "camera": args.camera,
+        "covers_per_lighting": args.covers_per_lighting,
         **{f"{k}_sequences_per_hour": round(v, 2) for k, v in rate.items()},
         "speedup_fast_over_plain16": round(rate["fast"] / rate["plain16"], 2),
         "speedup_fast_over_reference": round(rate["fast"] / rate["reference"], 1),
         **{f"psnr_{k}_vs_reference_db_mean": round(float(np.mean(v)), 2) for k, v in fidelity.items()},
         **{f"psnr_{k}_vs_reference_db_min": round(float(np.min(v)), 2) for k, v in fidelity.items()},
     }
-    print(f"render throughput at {args.resolution}x{args.resolution}, K={args.length} (includes Blender start-up)")
+    print(f"render throughput at {args.resolution}x{args.resolution}, K={args.length}, scene={args.scene} camera={args.camera} "
+          f"covers_per_lighting={args.covers_per_lighting} (includes Blender start-up)")
     print(f"  fast (default):        {rate['fast']:9.1f} sequences/hour  ({args.fast_sequences} sequences in {fast_s:.1f} s)")
     print(f"  plain path trace 16spp:{rate['plain16']:9.1f} sequences/hour  ({args.reference_sequences} in {plain_s:.1f} s)")
     print(f"  reference {args.reference_samples} spp:     {rate['reference']:9.2f} sequences/hour  ({args.reference_sequences} in {ref_s:.1f} s)")
