@@ -205,3 +205,25 @@ def test_runtime_excludes_the_first_call_of_each_shape(tiny_dataset):
     for entry in result.metrics["slow_first"].values():
         assert entry["seconds"] < 0.05
     assert result.grid == []
+
+
+def test_max_sequences_scores_only_the_first_sequences_in_manifest_order(tiny_dataset, tmp_path):
+    data = tiny_dataset("cap", num_sequences=6, k=3, size=16)  # shards of 4 + 2: the cap crosses a shard
+    out = tmp_path / "out"
+    run(_config(f"data.test={data}", f"out_dir={out}", "ks=[1,3]", "subsets=1", "baselines=[median]",
+                "max_sequences=5"))
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert sorted({s["sequence_id"] for s in samples}) == [0, 1, 2, 3, 4]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["median"]["3"]["n"] == 5 and metrics["median"]["1"]["n"] == 5
+    # The K=3 median (all images) figure is the mean over exactly those five sequences.
+    from generator.dataset_format import ShardReader, read_manifest
+
+    recs = []
+    for entry in read_manifest(data)["shards"]:
+        with ShardReader(data / entry["file"]) as reader:
+            recs += [reader.read(i) for i in range(len(reader))]
+    want = np.mean([_psnr(np.median(r.inputs / 255.0, axis=0), r.target / 255.0) for r in recs[:5]])
+    assert metrics["median"]["3"]["psnr"] == pytest.approx(want, abs=0.05)
+    with pytest.raises(ValueError, match="max_sequences must be >= 1 or null, got 0"):
+        _config(f"data.test={data}", f"out_dir={out}", "max_sequences=0")
