@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -96,6 +97,21 @@ def test_killed_run_leaves_nothing_complete_and_resumes_to_the_same_bytes(one_sh
     assert not (out / "manifest.json").exists()
     subprocess.run(args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert sha256_file(shard_path(out, 0)) == sha256_file(shard_path(one_shard, 0))
+
+
+def test_repair_here_re_renders_a_corrupt_shard_to_the_same_bytes(one_shard, tmp_path):
+    """drs-verify --repair without a farm: the real generator, in this process, not a stand-in."""
+    copy = tmp_path / "copy"
+    shutil.copytree(one_shard, copy)
+    clean = sha256_file(shard_path(copy, 0))
+    data = bytearray(shard_path(copy, 0).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shard_path(copy, 0).write_bytes(bytes(data))
+    run = subprocess.run([str(BIN / "drs-verify"), str(copy), "--repair", "--no-progress"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "shard-00000.h5): corrupt" in run.stderr + run.stdout
+    assert sha256_file(shard_path(copy, 0)) == clean
+    assert read_manifest(copy)["shards"] == read_manifest(one_shard)["shards"]
 
 
 def test_reference_render_is_pixel_aligned_with_the_target(tmp_path):
