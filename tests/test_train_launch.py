@@ -21,6 +21,7 @@ from hydra import compose, initialize_config_dir
 
 import trainer.config  # noqa: F401  (registers train_schema and the drs_rank0 resolver)
 from model.checkpoint import load_checkpoint
+from tests.slurm_cluster import free_ports
 from trainer.launch_env import PORT_BASE, PORT_SPAN, first_host, launch_info, missed_srun
 from trainer.preemption import StopSignals, agreed_stop, restart_count, slurm_job_id
 
@@ -128,14 +129,10 @@ def _shared_check(rank: int, port: int, cases: list[list[str]], results: str) ->
 
 @pytest.mark.slow  # two spawned processes importing torch: ~10 s on a shared 2-core machine
 def test_out_dir_not_shared_between_ranks_is_one_clear_error_on_every_rank(tmp_path):
-    import socket
-
     shared = tmp_path / "shared"
     # Case 1: rank 1 looks at another directory, as on a node whose out_dir is a local disk.
     cases = [[str(shared), str(shared)], [str(tmp_path / "node0"), str(tmp_path / "node1")]]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    (port,) = free_ports(1)
     mp.start_processes(_shared_check, args=(port, cases, str(tmp_path)), nprocs=2, start_method="spawn")
     assert [(tmp_path / f"case0-rank{r}.txt").read_text() for r in range(2)] == ["ok", "ok"]
     assert list(shared.iterdir()) == []  # the marker is removed again

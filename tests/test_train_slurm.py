@@ -14,7 +14,6 @@ Every run pins model=drs_small so the default model may change without slowing t
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import pytest
 import torch
 
 from model.checkpoint import load_checkpoint
+from tests.slurm_cluster import free_ports
 from trainer.checkpoints import step_checkpoints
 
 pytestmark = [pytest.mark.slurm, pytest.mark.torchrun]
@@ -41,9 +41,7 @@ RUN_TIMEOUT_S = 300
 def _env(base: dict[str, str]) -> dict[str, str]:
     # A fresh rendezvous port: job ids restart at 1 on every test cluster, so two test sessions on
     # one machine would otherwise derive the same port from the same job id.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_ports(1)[0]
     return {**base, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "MASTER_PORT": str(port)}
 
 
