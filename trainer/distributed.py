@@ -12,7 +12,6 @@ import os
 import secrets
 import socket
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -22,8 +21,6 @@ from trainer.launch_env import launch_info, missed_srun
 
 log = logging.getLogger(__name__)
 
-# How long ranks wait for each other at the rendezvous: tasks of a multi-node job start seconds apart.
-RENDEZVOUS_TIMEOUT = timedelta(minutes=10)
 SHARED_MARKER = ".rank0-marker"
 
 
@@ -81,7 +78,7 @@ def init_distributed(device_name: str = "auto") -> DistEnv:
             log.info("Slurm task %d of %d on %s, rendezvous at %s:%d", info.rank, info.world_size,
                      socket.gethostname(), info.master_addr, info.master_port)
             dist.init_process_group(backend=backend, init_method=f"tcp://{info.master_addr}:{info.master_port}",
-                                    rank=info.rank, world_size=info.world_size, timeout=RENDEZVOUS_TIMEOUT)
+                                    rank=info.rank, world_size=info.world_size)
         else:
             dist.init_process_group(backend=backend)
     return DistEnv(info.rank, info.world_size, info.local_rank, device)

@@ -59,8 +59,14 @@ class StopSignals:
     def __init__(self) -> None:
         self.received: set[int] = set()
         self._previous: dict[int, object] = {}
+        self._pid = os.getpid()
 
     def _record(self, signum: int, _frame) -> None:
+        if os.getpid() != self._pid:
+            # A DataLoader worker (it inherited this handler): Slurm signals every process of the
+            # step, and a worker killed here would fail the very batch the trainer needs to reach
+            # its checkpoint. Workers end with the trainer (sentinel, parent watchdog, SIGKILL).
+            return
         if signum not in self.received:
             self.received.add(signum)
             # Logging from a handler can deadlock on the handler's own lock; a plain write cannot.
