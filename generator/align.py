@@ -44,6 +44,12 @@ from typing import Any
 import cv2
 import numpy as np
 
+from generator.cover_quad import QuadResult, find_quad, flat_size, parse_corners, quad_aspect, rectify_map
+
+__all__ = ["AlignConfig", "Alignment", "Frame", "QuadResult", "align", "common_square", "find_quad", "flat_size",
+           "largest_rect", "largest_square", "parse_corners", "prepare", "project", "quad_aspect", "rectify_map",
+           "render_crop", "render_view", "set_region", "valid_mask", "warp_to_anchor", "work_copy"]
+
 METHODS = ("sift", "orb")
 AGREEMENT_PERCENTILE = 90  # of the cell correlations (see agreement())
 
@@ -188,7 +194,9 @@ def normalise(grey: np.ndarray, sigma: float, snr: float = 3.0) -> tuple[np.ndar
     g = cv2.GaussianBlur(grey, (0, 0), 1.0)  # tame sensor noise before dividing by small spreads
     mean = cv2.GaussianBlur(g, (0, 0), sigma)
     var = np.maximum(cv2.GaussianBlur(g * g, (0, 0), sigma) - mean * mean, 0)
-    noise = noise_sigma(g)
+    # White noise through a unit Gaussian blur keeps 1 / (2 sqrt(pi)) of its std; the estimate is
+    # made before the blur, which leaves too little of the noise at the operator's frequencies.
+    noise = noise_sigma(grey) / (2 * np.sqrt(np.pi))
     norm = (g - mean) / np.sqrt(var + max(1e-6, 4 * noise * noise))
     texture = var > (snr * noise) ** 2 + 1e-6
     return norm.astype(np.float32), texture
@@ -305,16 +313,16 @@ def _ecc(anchor: Frame, photo: Frame, h_work: np.ndarray, cfg: AlignConfig,
     """Refine h_work (photo work px -> anchor work px) by ECC; returns (refined, correlation).
 
     Only the anchor's textured pixels (inside its region, if set; inside `cells`, bool (h, w), if
-    given) take part: elsewhere the normalised images hold nothing but noise. findTransformECC's warp maps template (anchor)
-    coordinates into the input (photo), hence the inverse.
+    given) take part: elsewhere the normalised images hold nothing but noise. findTransformECC's
+    warp maps its template's coordinates into its input image, and its mask is in the input
+    image's frame: so the photo is the template and the anchor (whose mask we know) the input.
     """
-    warp = np.linalg.inv(h_work)
-    warp = (warp / warp[2, 2]).astype(np.float32)
+    warp = (h_work / h_work[2, 2]).astype(np.float32)
     criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, cfg.ecc_iterations, cfg.ecc_eps)
     mask = _check_mask(anchor) if cells is None else _check_mask(anchor) & cells
-    cc, warp = cv2.findTransformECC(anchor.normalised, photo.normalised, warp, cv2.MOTION_HOMOGRAPHY, criteria,
-                                      mask.astype(np.uint8), 1)
-    refined = np.linalg.inv(warp.astype(np.float64))
+    cc, warp = cv2.findTransformECC(photo.normalised, anchor.normalised, warp, cv2.MOTION_HOMOGRAPHY, criteria,
+                                    mask.astype(np.uint8), 1)
+    refined = warp.astype(np.float64)
     return refined / refined[2, 2], float(cc)
 
 
@@ -471,17 +479,24 @@ def valid_mask(photo_size: tuple[int, int], homography: np.ndarray, anchor_size:
     return mask.astype(bool)
 
 
-def largest_square(mask: np.ndarray) -> tuple[int, int, int]:
-    """(x, y, side) of the largest axis-aligned square inside mask (H, W) bool, the one nearest the
-    centre among equals; side 0 when the mask is empty. Binary search on the side with an integral image."""
-    h, w = mask.shape
+def largest_rect(mask: np.ndarray, aspect: float = 1.0) -> tuple[int, int, int, int]:
+    """(x, y, w, h) of the largest axis-aligned rectangle of width / height ~ `aspect` inside mask
+    (H, W) bool, the one nearest the centre among equals; all 0 when the mask is empty. Binary
+    search on the height with an integral image."""
+    hh, ww = mask.shape
     integral = cv2.integral(mask.astype(np.uint8)).astype(np.int64)
 
-    def fits(s: int) -> np.ndarray:
-        sums = integral[s:, s:] - integral[:-s, s:] - integral[s:, :-s] + integral[:-s, :-s]
-        return sums == s * s  # (h - s + 1, w - s + 1): top-left corners where an s x s square fits
+    def width(rh: int) -> int:
+        return max(1, round(rh * aspect))
 
-    lo, hi = 0, min(h, w)
+    def fits(rh: int) -> np.ndarray:
+        rw = width(rh)
+        if rw > ww or rh > hh:
+            return np.zeros((0, 0), bool)
+        sums = integral[rh:, rw:] - integral[:-rh, rw:] - integral[rh:, :-rw] + integral[:-rh, :-rw]
+        return sums == rh * rw  # (hh - rh + 1, ww - rw + 1): top-left corners where it fits
+
+    lo, hi = 0, min(hh, int(ww / aspect) + 1)
     while lo < hi:
         mid = (lo + hi + 1) // 2
         if fits(mid).any():
@@ -489,11 +504,18 @@ def largest_square(mask: np.ndarray) -> tuple[int, int, int]:
         else:
             hi = mid - 1
     if lo == 0:
-        return 0, 0, 0
+        return 0, 0, 0, 0
+    rw = width(lo)
     ys, xs = np.nonzero(fits(lo))
-    d = (xs + lo / 2 - w / 2) ** 2 + (ys + lo / 2 - h / 2) ** 2
+    d = (xs + rw / 2 - ww / 2) ** 2 + (ys + lo / 2 - hh / 2) ** 2
     i = int(np.argmin(d))
-    return int(xs[i]), int(ys[i]), lo
+    return int(xs[i]), int(ys[i]), rw, lo
+
+
+def largest_square(mask: np.ndarray) -> tuple[int, int, int]:
+    """(x, y, side) of the largest axis-aligned square inside mask (H, W) bool (see largest_rect)."""
+    x, y, side, _ = largest_rect(mask, 1.0)
+    return x, y, side
 
 
 def common_square(sizes: list[tuple[int, int]], homographies: list[np.ndarray], anchor_size: tuple[int, int],
@@ -509,16 +531,21 @@ def common_square(sizes: list[tuple[int, int]], homographies: list[np.ndarray], 
 
 def render_crop(image: np.ndarray, homography: np.ndarray, square: tuple[int, int, int], resolution: int) -> np.ndarray:
     """The square (x, y, side) of the anchor's frame as seen in `image` (H, W, 3), resampled to
-    (resolution, resolution, 3), same dtype.
+    (resolution, resolution, 3), same dtype."""
+    x0, y0, side = square
+    s = resolution / side
+    # anchor px -> output px (pixel centres: anchor pixel x0 - 0.5 is the output's left edge)
+    to_out = np.array([[s, 0, s * (0.5 - x0) - 0.5], [0, s, s * (0.5 - y0) - 0.5], [0, 0, 1]])
+    return render_view(image, to_out @ homography, (resolution, resolution))
+
+
+def render_view(image: np.ndarray, to_out: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`image` (H, W, C) resampled through to_out (3, 3: image px -> output px) into (size[1], size[0], C).
 
     Warped at twice the output size, then area-averaged down: a plain bilinear warp straight to a
     much smaller output would alias (it samples, it does not average).
     """
-    x0, y0, side = square
-    big = 2 * resolution
-    s = big / side
-    # anchor px -> oversampled output px (pixel centres: anchor pixel x0 - 0.5 is the output's left edge)
-    to_out = np.array([[s, 0, s * (0.5 - x0) - 0.5], [0, s, s * (0.5 - y0) - 0.5], [0, 0, 1]])
-    m = to_out @ homography
-    over = cv2.warpPerspective(image, m, (big, big), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
-    return cv2.resize(over, (resolution, resolution), interpolation=cv2.INTER_AREA)
+    w, h = size
+    up = scale_matrix(2.0, 2.0) @ to_out  # output px -> oversampled px, pixel centres kept
+    over = cv2.warpPerspective(image, up, (2 * w, 2 * h), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+    return cv2.resize(over, (w, h), interpolation=cv2.INTER_AREA)

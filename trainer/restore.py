@@ -137,18 +137,23 @@ class ImageStream:
 
 # ---------------------------------------------------------------------------------- alignment
 class Aligner:
-    """--align: a Transform that warps photo i onto the anchor photo's frame.
+    """--align: a Transform that warps photo i onto the anchor photo's frame, or onto the flat cover.
 
     Built by one streamed pre-pass (one photo in memory at a time, plus the anchor): photos whose
     alignment cannot be trusted are dropped (listed in `rejected` as (path, reason)); `paths`
     and `homographies` (float64 (3, 3), photo px -> anchor px, at `size`) are those kept, in
     order, so index i of the restore stream is paths[i]. Anchor pixels fill what a photo does
     not cover, so the set mean there is not darkened. Deterministic: "multi" calls it per pass.
+
+    rectify: "auto" finds the cover's outline in the anchor (generator/cover_quad.py) and, if found,
+    outputs the flat, front-on cover at its own aspect ratio (`to_out`, anchor px -> output px;
+    `out_size`); "off" keeps the anchor's frame; `corners` (4, 2) anchor px give the outline.
+    `outline` says what happened (for the console).
     """
 
     def __init__(self, paths: Sequence[Path], size: tuple[int, int], anchor: int = 0, cfg=None,
-                 progress: bool = True):
-        from generator.align import AlignConfig, align, prepare  # cv2: only needed with --align
+                 progress: bool = True, rectify: str = "auto", corners: np.ndarray | None = None):
+        from generator.align import AlignConfig, align, prepare, set_region  # cv2: only needed with --align
 
         if not 0 <= anchor < len(paths):
             raise RestoreError(f"--align-to {anchor}: there are {len(paths)} photos (indices 0..{len(paths) - 1})")
@@ -156,6 +161,8 @@ class Aligner:
         self.anchor_path = Path(paths[anchor])
         self.anchor = _to_hwc(load_image(self.anchor_path, size))
         anchor_frame = prepare(self.anchor, cfg)
+        quad = self._outline(size, rectify, corners)
+        set_region(anchor_frame, quad)
         self.paths: list[Path] = []
         self.homographies: list[np.ndarray] = []
         self.rejected: list[tuple[Path, str]] = []
@@ -170,19 +177,52 @@ class Aligner:
                 self.homographies.append(h)
             else:
                 self.rejected.append((Path(p), reason))
-        self.anchor = (self.anchor * 255 + 0.5).astype(np.uint8)  # fill only: 1/4 of the float's memory
+        import cv2
+
+        self.size = size
+        # What fills pixels a photo does not cover: the anchor, seen in the output frame (uint8: 1/4
+        # of the float's memory).
+        fill = cv2.warpPerspective(self.anchor, self.to_out, self.out_size, flags=cv2.INTER_LINEAR,
+                                   borderMode=cv2.BORDER_REPLICATE)
+        self.anchor = (fill * 255 + 0.5).astype(np.uint8)
+
+    def _outline(self, size: tuple[int, int], rectify: str, corners: np.ndarray | None) -> np.ndarray | None:
+        """Set to_out / out_size / outline; return the cover's quad (anchor px) or None."""
+        from generator.align import find_quad, flat_size, quad_aspect, rectify_map
+
+        self.to_out, self.out_size = np.eye(3), size
+        if corners is None and rectify == "off":
+            self.outline = "not rectified (--rectify off): output in the anchor photo's frame"
+            return None
+        if corners is not None:
+            quad, how = np.asarray(corners, np.float64), "the given --corners"
+        else:
+            found = find_quad(self.anchor)
+            if found.quad is None:
+                self.outline = (f"no cover outline found in {self.anchor_path.name} ({found.reason}); output in the "
+                                "anchor photo's frame (give --corners x1,y1,...,x4,y4 to rectify)")
+                return None
+            quad, how = found.quad, f"the outline found in {self.anchor_path.name}"
+        aspect = quad_aspect(quad, size)
+        # The flat cover at about the resolution the anchor shows it with: nothing is thrown away.
+        sides = np.linalg.norm(np.roll(quad, -1, axis=0) - quad, axis=1)
+        short = int(round(min(sides[0] + sides[2], sides[1] + sides[3]) / 2))
+        self.out_size = flat_size(aspect, max(short, 8))
+        self.to_out = rectify_map(quad, self.out_size)
+        self.outline = f"rectified to {how}: {self.out_size[0]}x{self.out_size[1]} px, aspect {aspect:.3f}"
+        return quad
 
     def __call__(self, index: int, img: torch.Tensor) -> torch.Tensor:
         import cv2
 
-        h = self.homographies[index]
-        size = (self.anchor.shape[1], self.anchor.shape[0])
+        h = self.to_out @ self.homographies[index]
         src = _to_hwc(img)
-        if (src.shape[1], src.shape[0]) != size:
+        if (src.shape[1], src.shape[0]) != self.size:
             # --resize with the first photo dropped: the stream resized to another photo's size.
-            src = cv2.resize(src, size, interpolation=cv2.INTER_CUBIC)
-        warped = cv2.warpPerspective(src, h, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        cover = cv2.warpPerspective(np.ones(src.shape[:2], np.float32), h, size, flags=cv2.INTER_LINEAR,
+            src = cv2.resize(src, self.size, interpolation=cv2.INTER_CUBIC)
+        warped = cv2.warpPerspective(src, h, self.out_size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                                     borderValue=0)
+        cover = cv2.warpPerspective(np.ones(src.shape[:2], np.float32), h, self.out_size, flags=cv2.INTER_LINEAR,
                                     borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         # warped already holds cover * photo; the rest of each pixel's weight goes to the anchor.
         warped += (1 - cover)[..., None] * (self.anchor.astype(np.float32) / 255.0)
@@ -290,6 +330,11 @@ def make_parser() -> argparse.ArgumentParser:
                     help="align every photo to the first one (features + ECC) before restoring: handheld shots")
     ap.add_argument("--align-to", type=int, default=None, metavar="INDEX",
                     help="align to photo INDEX (0-based, in input order) instead of the first; implies --align")
+    ap.add_argument("--rectify", choices=("auto", "off"), default="auto",
+                    help="with --align: auto = output the flat, front-on cover when its outline is found in the "
+                         "anchor photo; off = output in the anchor photo's frame")
+    ap.add_argument("--corners", default=None, metavar="X1,Y1,...,X4,Y4",
+                    help="the cover's corners in the anchor photo (px, any order); implies --align, rectifies to them")
     ap.add_argument("--force", action="store_true", help="replace --out if it already exists")
     ap.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     return ap
@@ -298,9 +343,20 @@ def make_parser() -> argparse.ArgumentParser:
 def transform_from_args(args: argparse.Namespace, paths: list[Path]) -> tuple[list[Path], Transform | None]:
     """Per-image transform chosen by the options, and the photos it keeps (--align drops those it
     cannot align, saying why)."""
-    if not args.align and args.align_to is None:
+    if not args.align and args.align_to is None and args.corners is None:
         return paths, None
-    aligner = Aligner(paths, check_sizes(paths, args.resize), anchor=args.align_to or 0, progress=not args.quiet)
+    corners = None
+    if args.corners is not None:
+        from generator.align import parse_corners
+
+        try:
+            corners = parse_corners(args.corners)
+        except ValueError as exc:
+            raise RestoreError(f"--corners: {exc}") from None
+    aligner = Aligner(paths, check_sizes(paths, args.resize), anchor=args.align_to or 0, progress=not args.quiet,
+                      rectify=args.rectify, corners=corners)
+    if not args.quiet or aligner.outline.startswith("no cover outline"):  # a fallback is always said
+        print(f"drs-restore: {aligner.outline}", file=sys.stderr)
     for p, reason in aligner.rejected:
         print(f"drs-restore: skipping {p}: {reason}", file=sys.stderr)
     return aligner.paths, aligner
