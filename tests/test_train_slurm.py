@@ -127,8 +127,9 @@ def test_sbatch_script_trains_requeues_on_sigusr1_and_resumes_to_the_same_weight
     out = tmp_path / "run"
     env = _env(slurm_cluster.env)
     submit = subprocess.run(
+        # One DataLoader worker per rank: Slurm signals it too, and it must outlive the signal.
         ["sbatch", "--parsable", "--ntasks-per-node=2", "--cpus-per-task=1", str(SBATCH_SCRIPT), *CONFIG,
-         f"data.train={data}", f"data.val={data}", f"out_dir={out}"],
+         "data.num_workers=1", f"data.train={data}", f"data.val={data}", f"out_dir={out}"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert submit.returncode == 0, submit.stderr
     job = submit.stdout.strip().split(";")[0]

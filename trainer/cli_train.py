@@ -17,6 +17,7 @@ import hydra
 from omegaconf import DictConfig
 
 import trainer.config  # noqa: F401  (registers train_schema in the ConfigStore)
+from trainer.launch_env import process_rank
 
 log = logging.getLogger("drs-train")
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -32,8 +33,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     try:
         summary = train(cfg)
     except Preempted as stop:
+        if process_rank() == 0:
+            log.warning("%s", stop)
         # Not a return: under submitit a returned value would mark the job done while it is requeued.
-        log.warning("%s", stop)
         sys.exit(stop.exit_code)
     except KeyboardInterrupt:
         sys.exit(report_interrupt("drs-train", f"checkpoints written so far are in {cfg.out_dir}; add "

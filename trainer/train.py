@@ -378,8 +378,8 @@ def _quiet_rank() -> None:
 def _leave_preempted(run: Run, signum: int) -> None:
     """After the preemption checkpoint: rank 0 requeues the Slurm job on a warning signal, then all go."""
     requeued = run.env.is_main and signum in REQUEUE_SIGNALS and requeue()
-    barrier(run.env)  # no rank exits (which could end the job step) before the requeue is asked for
-    raise Preempted(signum, requeued)
+    # Also the barrier: no rank exits (which could end the job step) before the requeue is asked for.
+    raise Preempted(signum, broadcast_flag(run.env, requeued))
 
 
 def train(cfg: DictConfig) -> dict:
