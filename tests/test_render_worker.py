@@ -117,3 +117,72 @@ def test_joblib_launcher_sweep_renders_the_same_shards_as_one_process(tmp_path):
                             resolution=16, seed=8, progress=False))
     for i in range(2):
         assert sha256_file(shard_path(swept, i)) == sha256_file(shard_path(whole, i))
+
+
+@pytest.fixture(scope="module")
+def paired_renders(tmp_path_factory):
+    """Real 48 px renders of 3 sequences x 4 frames, each also rendered with its occluders taken out
+    (nothing casts a shadow there): [(masks, visible, light kept by the cover, glossy light)].
+    The masks are frame_masks' (generator/composite.py); the other three come from the renders, not
+    from the passes and estimates the masks use."""
+    import copy
+
+    import numpy as np
+
+    from generator.composite import frame_masks
+
+    tmp = tmp_path_factory.mktemp("paired")
+    worker, _ = _worker(tmp)
+    worker.settings["resolution"] = 48
+    scene = GenerateConfig(out_dir=str(tmp)).scene
+    frames = []
+    try:
+        for sid in range(3):
+            spec = sample_sequence(3, sid, 4, 10, scene).to_dict()
+            bare = copy.deepcopy(spec)
+            for frame in bare["frames"]:
+                frame["occluders"] = []
+            request = {"cover": None, "albedo": 0.25, "occluder_covers": [], "frames": list(range(4))}
+            with_occ = worker.render({**request, "sequence": spec})["frames"]
+            without = worker.render({**request, "sequence": bare})["frames"]
+            for j, (p, q) in enumerate(zip(with_occ, without, strict=True)):
+                visible = p["plane"] >= 0.5
+                light = p["diffuse_light"].sum(-1) / np.maximum(q["diffuse_light"].sum(-1), 1e-9)
+                glossy = (q["image"] - q["diffuse_color"] * q["diffuse_light"]).max(-1)
+                frames.append((frame_masks(p, spec["frames"][j]["lights"]), visible, light, glossy))
+    finally:
+        worker.close()
+    return frames
+
+
+def test_specular_mask_marks_glossy_reflection_above_15_percent_of_white(paired_renders):
+    checked = 0
+    for masks, visible, _, glossy in paired_renders:
+        specular = masks.specular.astype(bool) & visible
+        if specular.any():  # marked pixels do reflect glossily (0.1: tolerance for render noise)
+            assert (glossy[specular] > 0.1).mean() > 0.85
+        strong = visible & (glossy > 0.2)
+        if strong.sum() >= 10:  # and clear glossy reflections are marked
+            assert specular[strong].mean() > 0.8
+            checked += 1
+    assert checked >= 3
+
+
+def test_shadow_mask_marks_pixels_that_lost_most_of_their_light(paired_renders):
+    checked = 0
+    for masks, visible, light, _ in paired_renders:
+        dark = visible & (light < 0.4)
+        if dark.sum() >= 10:
+            assert masks.shadow.astype(bool)[dark].mean() > 0.8
+            checked += 1
+    assert checked >= 2
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "finding: frame_masks estimates the unshadowed light from an analytic irradiance model and the "
+    "frame's 90th percentile; in some frames (sequence 1 frame 1 here: ~1300 of ~2300 pixels) it marks "
+    "as shadow pixels that keep all of their light in the occluder-free render"))
+def test_shadow_mask_marks_no_fully_lit_pixel(paired_renders):
+    for masks, visible, light, _ in paired_renders:
+        shadow = masks.shadow.astype(bool) & visible
+        assert (light[shadow] > 0.9).sum() <= max(10, 0.05 * shadow.sum())
