@@ -26,7 +26,6 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, replace
@@ -51,11 +50,13 @@ from generator.capture_sequence import (  # noqa: F401  (read_photo, list_images
 from generator.cover_quad import flat_size
 from generator.dataset_format import (
     SequenceRecord,
+    run_command,
     shard_entry,
     shard_path,
     write_manifest,
     write_shard,
 )
+from generator.dataset_guard import make_owned_tempdir, why_not_replaceable
 
 
 class IngestError(Exception):
@@ -71,8 +72,7 @@ def ingest(captures: Path, out: Path, *, cfg: AlignConfig | None = None, resolut
     cfg = cfg or AlignConfig()
     if not captures.is_dir():
         raise IngestError(f"CAPTURES_DIR {captures} is not a directory")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise IngestError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
+    check_out_dir(captures, out, overwrite)
     if resolution < 8 or sequences_per_shard < 1 or min_photos < 1 or sequence_length < 0:
         raise IngestError("--resolution must be >= 8, --sequences-per-shard and --min-photos >= 1, "
                           "--sequence-length >= 0")
@@ -89,7 +89,8 @@ def ingest(captures: Path, out: Path, *, cfg: AlignConfig | None = None, resolut
               "align": asdict(cfg), "captures": str(captures.resolve())}
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    # Named with host and pid: a killed run's stage is removed by the next run (dataset_guard.py).
+    stage = make_owned_tempdir(out.parent, f".{out.name}.", ".partial")
     umask = os.umask(0)
     os.umask(umask)
     stage.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the published dataset gets the usual permissions
@@ -188,6 +189,23 @@ def dataset_frame(sizes: list[list[int]], resolution: int) -> tuple[int, int]:
     return flat_size(aspect, resolution)
 
 
+def check_out_dir(captures: Path, out: Path, overwrite: bool) -> None:
+    """--out must be new, an empty directory or (with --overwrite) a drs dataset and nothing else;
+    it may never hold or lie inside CAPTURES_DIR, which --overwrite would delete."""
+    if out.exists() and not out.is_dir():
+        raise IngestError(f"--out {out} is a file; name a directory for the dataset")
+    c, o = captures.resolve(), out.resolve()
+    if o == c or o in c.parents or c in o.parents:
+        raise IngestError(f"--out {out} and CAPTURES_DIR {captures} overlap; write the dataset outside the captures")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise IngestError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
+        reason = why_not_replaceable(out)
+        if reason:
+            raise IngestError(f"--overwrite replaces only a drs dataset: {reason}; remove it yourself or "
+                              f"choose another --out")
+
+
 def _publish(stage: Path, out: Path) -> None:
     """Rename the finished dataset into place (replacing an old one only now that the new is whole)."""
     old = None
@@ -234,18 +252,24 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    try:
+    done: dict[str, Any] = {}
+
+    def body() -> None:
         cfg = AlignConfig(method=args.method, work_size=args.work_size, min_inliers=args.min_inliers,
                           min_spread=args.min_spread, min_agreement=args.min_agreement,
                           max_ecc_shift=args.max_ecc_shift, ecc=not args.no_ecc,
                           max_scale_change=args.max_scale_change, min_overlap=args.min_overlap)
-        manifest = ingest(args.captures, args.out, cfg=cfg, resolution=args.resolution,
-                          sequences_per_shard=args.sequences_per_shard, sequence_length=args.sequence_length,
-                          min_photos=args.min_photos, rectify=args.rectify, overwrite=args.overwrite,
-                          progress=not args.quiet)
-    except (IngestError, ValueError) as exc:
-        print(f"drs-ingest: error: {exc}", file=sys.stderr)
-        return 2
+        done["manifest"] = ingest(args.captures, args.out, cfg=cfg, resolution=args.resolution,
+                                  sequences_per_shard=args.sequences_per_shard, sequence_length=args.sequence_length,
+                                  min_photos=args.min_photos, rectify=args.rectify, overwrite=args.overwrite,
+                                  progress=not args.quiet)
+
+    code = run_command("drs-ingest", body, user_errors=(IngestError, ValueError),
+                       on_interrupt=f"{args.out} was not touched (the dataset is built aside and renamed into "
+                                    f"place only when complete); rerun the same command to start again")
+    if code:
+        return code
+    manifest = done["manifest"]
     if not args.quiet:
         print(summary(args.out, manifest), file=sys.stderr)
     return 0

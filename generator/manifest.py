@@ -13,7 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from generator.dataset_format import sha256_file, shard_path, write_manifest
+from generator.dataset_format import MANIFEST_NAME, sha256_file, shard_path, write_manifest
 
 PARTS_DIR = "manifest.parts"
 
@@ -44,8 +44,16 @@ def shard_is_complete(dataset_dir: str | os.PathLike, index: int) -> bool:
 def merge_parts(dataset_dir: str | os.PathLike, expected_shards: int | None = None) -> dict[str, Any]:
     """Write manifest.json from every part present; returns it. Shards without a part are listed
     under `missing_shards` (when `expected_shards` is known) so nobody mistakes a partial dataset
-    for a whole one."""
+    for a whole one. Merges are serialised by a lock (a farm's tasks and drs-verify may merge at once)."""
+    from generator.dataset_guard import manifest_lock, remove_temporaries  # it imports this module
+
     dataset_dir = Path(dataset_dir)
+    with manifest_lock(dataset_dir):
+        remove_temporaries(dataset_dir, MANIFEST_NAME)  # left by a merge that was killed
+        return _merge(dataset_dir, expected_shards)
+
+
+def _merge(dataset_dir: Path, expected_shards: int | None) -> dict[str, Any]:
     parts = []
     for path in sorted((dataset_dir / PARTS_DIR).glob("shard-*.json")):
         parts.append(json.loads(path.read_text()))
@@ -66,6 +74,7 @@ def merge_parts(dataset_dir: str | os.PathLike, expected_shards: int | None = No
                 covers_seen.add(item["file"])
                 rejected["covers"].append(item)
     present = {p["shard_index"] for p in parts}
+    missing = (i for i in range(expected_shards or 0) if i not in present)  # lazy: counts may be huge
     return write_manifest(
         dataset_dir,
         seed=first["seed"],
@@ -76,5 +85,5 @@ def merge_parts(dataset_dir: str | os.PathLike, expected_shards: int | None = No
         generator_version=first["generator_version"],
         blender_version=first["blender_version"],
         devices=sorted({p["device"] for p in parts}),
-        missing_shards=sorted(set(range(expected_shards)) - present) if expected_shards else [],
+        missing_shards=list(missing),
     )

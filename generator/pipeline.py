@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from generator.dataset_format import (
     write_json_atomic,
     write_shard,
 )
+from generator.dataset_guard import CACHE_DIR, identity, make_scratch
 from generator.manifest import part_path
 from generator.render_pool import RenderWorker
 from generator.scene_spec import CAMERA_FOV, CAMERA_HEIGHT, SequenceSpec, sample_sequence
@@ -54,13 +54,15 @@ class ShardStats:
     rejected_sequences: list[dict[str, Any]] = field(default_factory=list)
 
 
-def shard_sequence_ids(cfg: GenerateConfig, index: int) -> list[int]:
+def shard_sequence_ids(cfg: GenerateConfig, index: int) -> range:
     first = index * cfg.sequences_per_shard
-    return list(range(first, min(first + cfg.sequences_per_shard, cfg.num_sequences)))
+    return range(first, min(first + cfg.sequences_per_shard, cfg.num_sequences))
 
 
 def cache_dir(cfg: GenerateConfig, index: int) -> Path:
-    return Path(cfg.out_dir) / ".partial" / f"shard-{index:05d}"
+    """Where shard `index`'s finished sequences wait; keyed by the config's fingerprint, so a cache
+    left by a run of another config is never read (generator/dataset_guard.py)."""
+    return Path(cfg.out_dir) / CACHE_DIR / identity(cfg)["fingerprint"] / f"shard-{index:05d}"
 
 
 def worker_settings(cfg: GenerateConfig, scratch: str, log_path: str | None) -> dict[str, Any]:
@@ -86,26 +88,32 @@ def make_worker(cfg: GenerateConfig, scratch: str, log_path: str | None = None) 
                         max_memory_mb=r.max_memory_mb, timeout_s=r.timeout_s, max_retries=r.max_retries)
 
 
-def default_scratch() -> str:
-    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    return tempfile.mkdtemp(prefix="drs-passes-", dir=base)
 
 
 class ShardRenderer:
     """Renders the shards of one config with one (recycled) worker."""
 
-    def __init__(self, cfg: GenerateConfig):
+    def __init__(self, cfg: GenerateConfig, covers: FolderCovers | ProceduralCovers | None = None):
         self.cfg = cfg
-        self.covers: FolderCovers | ProceduralCovers = open_covers(cfg.covers.dir, cfg.seed)
-        self._scratch = cfg.scratch_dir or default_scratch()
-        logs = Path(cfg.out_dir) / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        self.worker = make_worker(cfg, self._scratch, str(logs / f"blender-{os.getpid()}.log"))
+        self.covers: FolderCovers | ProceduralCovers = covers or open_covers(cfg.covers.dir, cfg.seed)
+        self._scratch = cfg.scratch_dir or make_scratch()
+        try:
+            logs = Path(cfg.out_dir) / "logs"
+            logs.mkdir(parents=True, exist_ok=True)
+            self.worker = make_worker(cfg, self._scratch, str(logs / f"blender-{os.getpid()}.log"))
+        except BaseException:
+            self._remove_scratch()
+            raise
         self._cover_cache: dict[tuple[int, int], np.ndarray] = {}
 
     def close(self) -> None:
-        self.worker.close()
-        if not self.cfg.scratch_dir:
+        try:
+            self.worker.close()
+        finally:
+            self._remove_scratch()
+
+    def _remove_scratch(self) -> None:
+        if not self.cfg.scratch_dir:  # a folder the user named is theirs to keep
             shutil.rmtree(self._scratch, ignore_errors=True)
 
     # -- covers ----------------------------------------------------------------------------------
@@ -254,11 +262,13 @@ class ShardRenderer:
             "timings": {k: round(v, 4) for k, v in stats.timings.items()},
         }
         write_json_atomic(part_path(cfg.out_dir, index), part)
-        shutil.rmtree(cache_dir(cfg, index), ignore_errors=True)
-        try:
-            cache_dir(cfg, index).parent.rmdir()  # only succeeds once no shard is in progress
-        except OSError:
-            pass
+        cache = cache_dir(cfg, index)
+        shutil.rmtree(cache, ignore_errors=True)
+        for folder in (cache.parent, cache.parent.parent):
+            try:
+                folder.rmdir()  # only succeeds once no shard is in progress
+            except OSError:
+                break
         return part
 
 

@@ -9,8 +9,12 @@ retried on a fresh worker up to `max_retries` times before the failure is report
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
+import signal
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import psutil
@@ -26,6 +30,21 @@ class RenderFailed(Exception):
 
 class _WorkerDied(Exception):
     pass
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ctrl-C reaches the whole process group, but stopping the worker is the parent's job (it says
+    what was kept). A spawned child starts with the dispositions of this moment, and Python leaves
+    an ignored SIGINT ignored, so the worker never prints a KeyboardInterrupt of its own."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal.signal works in the main thread only; a worker thread's children keep SIGINT
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class RenderWorker:
@@ -51,7 +70,8 @@ class RenderWorker:
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
         self._proc = ctx.Process(target=serve, args=(child, self.settings), daemon=True, name="drs-render-worker")
-        self._proc.start()
+        with _sigint_ignored():
+            self._proc.start()
         child.close()
         self._conn = parent
         self._served = 0

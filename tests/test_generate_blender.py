@@ -86,7 +86,7 @@ def test_killed_run_leaves_nothing_complete_and_resumes_to_the_same_bytes(one_sh
     args = [str(BIN / "drs-generate"), f"out_dir={out}", "num_sequences=4", "sequence_length=3", "resolution=32",
             "seed=5", "sequences_per_shard=4", "progress=false"]
     proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    cache = cache_dir(_cfg(out), 0)
+    cache = cache_dir(_cfg(out, sequences_per_shard=4), 0)  # the cache is keyed by the whole config
     deadline = time.time() + 240
     while time.time() < deadline and len(list(cache.glob("seq-*.npz"))) < 1:
         time.sleep(0.05)

@@ -209,6 +209,11 @@ def test_existing_output_is_kept_unless_overwrite(captures, tmp_path, capsys):
     (out / "precious.txt").write_text("keep me")
     assert ing.main([str(root), "--out", str(out), "--quiet"]) == 2
     assert "--overwrite" in capsys.readouterr().err and (out / "precious.txt").exists()
+    # --overwrite replaces only a drs dataset: a folder of anything else is kept, whatever is asked.
+    assert ing.main([str(root), "--out", str(out), "--quiet", "--overwrite"]) == 2
+    assert "not a drs dataset" in capsys.readouterr().err and (out / "precious.txt").read_text() == "keep me"
+    (out / "precious.txt").unlink()
+    assert ing.main([str(root), "--out", str(out), "--quiet", "--resolution", "32"]) == 0
     assert ing.main([str(root), "--out", str(out), "--overwrite", "--resolution", "64", "--no-ecc"]) == 0
     err = capsys.readouterr().err
     assert "3 sequences of K=3" in err and "sequence lonely:" in err and "IMG_92_corrupt.jpg: unreadable" in err

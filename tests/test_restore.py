@@ -207,7 +207,7 @@ def test_truncated_image_found_while_streaming(tmp_path, checkpoint, capsys):
     (tmp_path / "in" / "cut.jpg").write_bytes(data[: len(data) // 3])
     out = tmp_path / "o.png"
     out.write_bytes(b"an older result")  # an error must not replace or delete an existing output either
-    rc = run_cli("--checkpoint", checkpoint, "--out", out, tmp_path / "in")
+    rc = run_cli("--force", "--checkpoint", checkpoint, "--out", out, tmp_path / "in")
     err = capsys.readouterr().err
     assert rc == 2 and "cut.jpg" in err, err
     assert out.read_bytes() == b"an older result"

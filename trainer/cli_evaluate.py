@@ -13,6 +13,7 @@ value (K < 1, subsets < 1, ...) fails before any work with the key named.
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -22,7 +23,9 @@ import numpy as np
 import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, ValidationError
 
+from generator.dataset_format import UserError, report_interrupt, run_command
 from trainer import baselines
 from trainer.evaluate import EvalSettings, evaluate, write_reports
 
@@ -87,7 +90,7 @@ register_configs()
 
 def resolve_device(choice: Device) -> torch.device:
     if choice is Device.cuda and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda but CUDA is not available here; use device=auto or device=cpu")
+        raise UserError("device=cuda but CUDA is not available here; use device=auto or device=cpu")
     if choice is Device.cpu or (choice is Device.auto and not torch.cuda.is_available()):
         return torch.device("cpu")
     return torch.device("cuda")
@@ -139,6 +142,9 @@ def run(cfg: EvaluateConfig) -> dict[str, Path]:
         device,
     )
     result = evaluate(cfg.data.test, methods, settings)
+    if not result.samples:  # every K asked for exceeds every sequence: metrics.json would be {}
+        raise UserError(f"ks={list(cfg.ks)}: every test sequence has fewer images "
+                        f"(K = {sorted(set(result.sequence_lengths))}); ask for ks <= {max(result.sequence_lengths)}")
     info = {
         "data": cfg.data.test,
         "checkpoint": cfg.checkpoint,
@@ -159,8 +165,26 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")
-def main(cfg: DictConfig) -> None:
-    run(OmegaConf.to_object(cfg))
+def _app(cfg: DictConfig) -> None:
+    from model.checkpoint import CheckpointError
+
+    code = run_command(
+        "drs-evaluate",
+        lambda: run(OmegaConf.to_object(cfg)),
+        # ValueError: the schema's range checks; omegaconf's: a missing or mistyped value
+        user_errors=(CheckpointError, ValueError, MissingMandatoryValue, ValidationError),
+        on_interrupt=f"nothing was written to {cfg.get('out_dir', 'out_dir')} (reports are written at the end); "
+        "rerun the same command",
+    )
+    if code:
+        sys.exit(code)
+
+
+def main() -> None:
+    try:
+        _app()
+    except KeyboardInterrupt:  # while Hydra composes the config
+        sys.exit(report_interrupt("drs-evaluate", "nothing was written"))
 
 
 if __name__ == "__main__":
