@@ -65,12 +65,17 @@ def mutmut_config(module: str, tests: list[str], copy: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def mutmut(copy: Path, *args: str, capture: bool = False) -> str:
+def mutmut(copy: Path, *args: str, log: Path | None = None) -> str:
+    """Run mutmut in the copy; its output is returned, or (a long run's spinner) appended to `log`."""
     exe = Path(sys.executable).parent / "mutmut"
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    done = subprocess.run(["nice", "-n", "15", str(exe), *args], cwd=copy, env=env, check=not capture,
-                          capture_output=capture, text=True)
-    return done.stdout if capture else ""
+    if log is not None:
+        with log.open("a") as fh:
+            subprocess.run(["nice", "-n", "15", str(exe), *args], cwd=copy, env=env, check=True,
+                           stdout=fh, stderr=subprocess.STDOUT)
+        return ""
+    return subprocess.run(["nice", "-n", "15", str(exe), *args], cwd=copy, env=env, capture_output=True,
+                          text=True).stdout
 
 
 def run_module(module: str, tests: list[str], equivalent: dict[str, str], out: Path, committed: bool) -> dict:
@@ -79,14 +84,17 @@ def run_module(module: str, tests: list[str], equivalent: dict[str, str], out: P
         copy_tree(copy, committed)
         tests = [t for t in tests if (copy / t).exists()]  # the config may name tests still to come
         (copy / "setup.cfg").write_text(mutmut_config(module, tests, copy))
-        mutmut(copy, "run", "--max-children", "1")
+        log = out / (module.replace("/", ".").removesuffix(".py") + ".log")
+        log.write_text("")
+        print(f"{module}: mutating in {copy}, mutmut's output in {log}", flush=True)
+        mutmut(copy, "run", "--max-children", "1", log=log)
         status: dict[str, str] = {}
-        for line in mutmut(copy, "results", "--all", "true", capture=True).splitlines():
+        for line in mutmut(copy, "results", "--all", "true").splitlines():
             name, sep, state = line.strip().rpartition(": ")
             if sep:
                 status[name] = state
         survivors = [n for n, s in sorted(status.items()) if s in SURVIVED and n not in equivalent]
-        diffs = {n: mutmut(copy, "show", n, capture=True) for n in survivors}
+        diffs = {n: mutmut(copy, "show", n) for n in survivors}
     killed = sum(s in KILLED for n, s in status.items() if n not in equivalent)
     excluded = [n for n in status if n in equivalent]
     other = sorted({s for s in status.values()} - KILLED - SURVIVED)
