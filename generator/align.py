@@ -47,7 +47,7 @@ import numpy as np
 from generator.cover_quad import QuadResult, find_quad, flat_size, parse_corners, quad_aspect, rectify_map
 
 __all__ = ["AlignConfig", "Alignment", "Frame", "QuadResult", "align", "common_square", "find_quad", "flat_size",
-           "largest_rect", "largest_square", "parse_corners", "prepare", "project", "quad_aspect", "rectify_map",
+           "central_region", "largest_rect", "largest_square", "parse_corners", "prepare", "project", "quad_aspect", "rectify_map",
            "render_crop", "render_view", "set_region", "valid_mask", "warp_to_anchor", "work_copy"]
 
 METHODS = ("sift", "orb")
@@ -67,10 +67,11 @@ class AlignConfig:
     max_features: int = 4000
     # SIFT's default 0.04 finds too few keypoints on dim or low-contrast photos (shadowed, small).
     contrast_threshold: float = 0.02
-    ratio: float = 0.75  # Lowe's ratio test
+    clahe: bool = True  # equalise local contrast before detecting features
+    ratio: float = 0.8  # Lowe's ratio test
     ransac_threshold: float = 3.0  # px
-    min_inliers: int = 15
-    min_spread: float = 0.1  # convex hull of the inliers over the object's (or anchor's) area
+    min_inliers: int = 10
+    min_spread: float = 0.05  # convex hull of the inliers over the object's (or anchor's) area
     max_scale_change: float = 3.0  # area scale between photo and anchor, either way (linear factor)
     max_anisotropy: float = 3.0  # ratio of the local Jacobian's singular values (shear / foreshortening)
     min_overlap: float = 0.3  # fraction of the anchor (or of the object's region) the photo covers
@@ -222,10 +223,25 @@ def prepare(image: np.ndarray, cfg: AlignConfig = AlignConfig()) -> Frame:
     h, w = grey_full.shape
     grey, to_work = work_copy(grey_full, cfg.work_size)
     u8 = np.clip(grey * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if cfg.clahe:  # local contrast: features in shadows and dim photos, not only in the bright parts
+        u8 = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(u8)
     kps, desc = _detector(cfg).detectAndCompute(u8, None)
     pts = np.array([k.pt for k in kps], dtype=np.float32).reshape(-1, 2)
+    if desc is not None and cfg.method == "sift":
+        # RootSIFT (Arandjelovic & Zisserman 2012): L1-normalise, square root; Euclidean distance
+        # then compares histograms by the Hellinger kernel, which matches more reliably.
+        desc = np.sqrt(desc / np.maximum(desc.sum(axis=1, keepdims=True), 1e-7)).astype(np.float32)
     norm, texture = normalise(grey, cfg.norm_sigma, cfg.texture_snr)
     return Frame((w, h), to_work, grey, pts, desc, norm, texture)
+
+
+def central_region(size: tuple[int, int], fraction: float = 0.6) -> np.ndarray:
+    """(4, 2) px: the centred rectangle of `fraction` of an image's width and height (size (W, H)),
+    where the object lies when its outline is unknown (the capture protocol centres it). Without
+    it, a photo of another cover on the same textured table would agree with the table."""
+    w, h = size
+    x0, y0, x1, y1 = (1 - fraction) / 2 * w, (1 - fraction) / 2 * h, (1 + fraction) / 2 * w, (1 + fraction) / 2 * h
+    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float64)
 
 
 def set_region(anchor: Frame, quad: np.ndarray | None) -> Frame:

@@ -29,6 +29,7 @@ from generator.align import (
     AlignConfig,
     Alignment,
     align,
+    central_region,
     common_square,
     find_quad,
     flat_size,
@@ -195,7 +196,8 @@ def ingest_sequence(folder: Path, cfg: AlignConfig, resolution: int, min_photos:
     if quad is None and rectify == "on" and quad_record["source"] is None:
         res.reason = f"{quad_record['reason']} (--rectify on; add {CORNERS_FILE} or use --rectify auto)"
         return res
-    set_region(anchor_frame, quad)
+    work_size = (anchor.small.shape[1], anchor.small.shape[0])
+    set_region(anchor_frame, quad if quad is not None else central_region(work_size))
     res.timings["outline"] += time.perf_counter() - t
     t = time.perf_counter()
     accepted = []

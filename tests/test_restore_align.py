@@ -156,3 +156,36 @@ def test_align_to_out_of_range_fails_cleanly(tmp_path, photos, capsys):
     assert rc == 2
     assert "--align-to 7" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_align_outputs_the_flat_cover_or_says_why_not(tmp_path, capsys):
+    """Handheld photos of a cover on a table (tests/semireal.py): the output is the cover, front-on,
+    at its own aspect ratio; --corners gives the outline by hand; --rectify off keeps the frame."""
+    from tests.semireal import make_sequence
+
+    cap = make_sequence(9, photos=4, intruders=0, photo_size=(480, 360), table="plain")
+    folder = tmp_path / "photos"
+    cap.write(folder)
+    (folder / "reference.jpg").unlink()  # restore has no reference: photo 0 anchors
+    net = mean_net()
+    ckpt = save_checkpoint(tmp_path / "m.pt", model_state=net.state_dict(), arch=net.arch, arch_args=net.arch_args)
+    base = ["--checkpoint", str(ckpt), str(folder)]
+    assert restore.main(["--align", "--out", str(tmp_path / "flat.png"), *base]) == 0
+    err = capsys.readouterr().err
+    assert "rectified to the outline found in IMG_00.jpg" in err, err
+    w, h = Image.open(tmp_path / "flat.png").size
+    assert w / h == pytest.approx(cap.aspect, rel=0.04) and h > 100
+    # The same by hand: the true corners of the cover in photo 0, in any order.
+    corners = cv2.perspectiveTransform(cap.quad[None], np.linalg.inv(cap.truth[0]))[0]
+    text = ",".join(f"{v:.1f}" for v in corners[::-1].ravel())
+    assert restore.main(["--corners", text, "--out", str(tmp_path / "hand.png"), *base]) == 0
+    assert "rectified to the given --corners" in capsys.readouterr().err
+    hand = np.asarray(Image.open(tmp_path / "hand.png"), np.float32)
+    flat = np.asarray(Image.open(tmp_path / "flat.png"), np.float32)
+    if hand.shape == flat.shape:  # found and given outlines agree: so do the pictures
+        assert np.median(np.abs(hand - flat)) < 8
+    assert restore.main(["--align", "--rectify", "off", "--out", str(tmp_path / "frame.png"), *base]) == 0
+    assert Image.open(tmp_path / "frame.png").size == (480, 360)
+    assert restore.main(["--corners", "1,2,3", "--out", str(tmp_path / "bad.png"), *base]) == 2
+    err = capsys.readouterr().err
+    assert "--corners" in err and "expected 8 numbers" in err and not (tmp_path / "bad.png").exists()

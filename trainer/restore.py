@@ -162,6 +162,8 @@ class Aligner:
         self.anchor = _to_hwc(load_image(self.anchor_path, size))
         anchor_frame = prepare(self.anchor, cfg)
         quad = self._outline(size, rectify, corners)
+        # Without an outline, the whole anchor photo counts (the photos were chosen by the user; a
+        # central region, as drs-ingest uses against intruders, would extrapolate to the borders).
         set_region(anchor_frame, quad)
         self.paths: list[Path] = []
         self.homographies: list[np.ndarray] = []
