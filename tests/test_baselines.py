@@ -106,3 +106,59 @@ def test_weiss_and_rpca_are_fast_enough_at_256():
         # Budgets are ~10x the 2-core timings in the module docstring, so a loaded CI machine
         # passes while an accidentally quadratic (e.g. full-matrix SVD) version does not.
         assert time.perf_counter() - start < budget, fn.__name__
+
+
+# -- gaps found by mutation testing (tools/mutation.py) ------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["median", "mean", "weiss", "rpca"])
+@pytest.mark.parametrize("dtype", [np.float16, np.float64])
+def test_every_baseline_returns_float32_in_range_of_the_input_size(method, dtype):
+    """Odd sizes too: the FFT reintegration must give back exactly H x W (irfft2 rounds to even)."""
+    x = np.random.default_rng(2).random((3, 9, 7, 3)).astype(dtype)
+    out = getattr(baselines, method)(x)
+    assert out.dtype == np.float32 and out.shape == (9, 7, 3)
+    assert out.min() >= 0.0 and out.max() <= 1.0
+
+
+@pytest.mark.parametrize("method", ["weiss", "rpca"])
+def test_outputs_are_clipped_to_the_image_range(method):
+    """Bright, strongly shaded inputs reintegrate / decompose beyond [0, 1]; the output must not."""
+    rng = np.random.default_rng(5)
+    base = np.clip(rng.random((1, 12, 12, 3)) * 0.2 + 0.9, 0, 1)
+    x = np.concatenate([base, base * 0.05, np.clip(base * 1.5, 0, 1), 1 - base])
+    out = getattr(baselines, method)(x)
+    assert out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_shape_checks_cover_an_empty_set_and_wrong_channels():
+    with pytest.raises(ValueError):
+        baselines.mean(np.zeros((0, 4, 4, 3)))  # no images
+    with pytest.raises(ValueError):
+        baselines.mean(np.zeros((2, 4, 4, 4)))  # four channels
+    assert baselines.mean(np.zeros((2, 0, 4, 3))).shape == (0, 4, 3)  # an empty image is still 2 images
+
+
+def test_rpca_of_zeros_keeps_the_shape_of_tall_and_wide_matrices():
+    for shape in [(6, 3), (3, 6)]:
+        low, sparse = baselines.rpca_decompose(np.zeros(shape))
+        assert low.shape == shape and sparse.shape == shape
+        assert not low.any() and not sparse.any()
+        assert low is not sparse  # two arrays, not one aliased twice
+
+
+def test_rpca_recovers_rank_two_at_any_scale():
+    """Rank 2 (the eigenvector order matters) and tiny magnitudes (singular values below 1)."""
+    rng = np.random.default_rng(6)
+    low = rng.standard_normal((300, 2)) @ rng.standard_normal((2, 80))
+    sparse = np.zeros_like(low)
+    spikes = rng.random(low.shape) < 0.04
+    sparse[spikes] = rng.choice([-1.0, 1.0], spikes.sum()) * rng.uniform(3.0, 8.0, spikes.sum())
+    for scale in (1.0, 1e-3):
+        est_low, _ = baselines.rpca_decompose(scale * (low + sparse))
+        assert np.linalg.norm(est_low - scale * low) / np.linalg.norm(scale * low) < 1e-5, scale
+
+
+def test_rpca_tolerance_is_passed_on():
+    x = np.random.default_rng(7).random((5, 8, 8, 3))
+    assert not np.array_equal(baselines.rpca(x, tol=0.5), baselines.rpca(x))
