@@ -17,7 +17,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from generator.dataset_format import DatasetFormatError, SequenceRecord, ShardReader, read_manifest
+from generator.dataset_format import (
+    DatasetFormatError,
+    SequenceRecord,
+    ShardReader,
+    atomic_path,
+    read_manifest,
+    run_command,
+)
 
 PAD = 4
 
@@ -138,19 +145,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.path.exists():
         print(f"drs-inspect: {args.path} does not exist", file=sys.stderr)
         return 2
-    try:
+
+    def body() -> None:
         print(summarize(args.path))
         if args.out:
             sheet = contact_sheet(args.path, args.sequences, args.masks)
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = args.out.with_name(f".{args.out.name}.partial")
-            sheet.save(tmp, format="PNG")
-            tmp.replace(args.out)
+            with atomic_path(args.out) as tmp:
+                sheet.save(tmp, format="PNG")
             print(f"contact sheet: {args.out}")
-    except DatasetFormatError as exc:
-        print(f"drs-inspect: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_command("drs-inspect", body, on_interrupt="nothing was written")
 
 
 if __name__ == "__main__":

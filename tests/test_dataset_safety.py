@@ -274,6 +274,11 @@ def test_6_validation_errors_go_to_stderr(tmp_path):
     run = _generate(tmp_path / "ds", "resolution=4")
     _refused(run, "resolution=4")
     assert "resolution" not in run.stdout
+    missing = tmp_path / "no_such_data"
+    run = _run("drs-train", f"data.train={missing}", f"data.val={missing}", f"out_dir={tmp_path / 'run'}",
+               f"hydra.run.dir={tmp_path / 'h'}")
+    _refused(run, f"{missing}", "no manifest")
+    assert "no_such_data" not in run.stdout
 
 
 def _mount_tmpfs(path: Path, size: str, readonly: bool = False) -> None:
@@ -338,6 +343,46 @@ def test_6_ctrl_c_stops_with_130_says_what_was_kept_and_leaves_no_temporaries(tm
     assert "drs-generate: interrupted; kept 0 complete shard(s)" in err and "rerun the same command" in err
     assert not _scratch_of(proc.pid)
     assert _generate(out, *SMALL, logs=logs).returncode == 0
+
+
+def _interrupt_once(args: list, marker: str, timeout: float = 120) -> tuple[int, str]:
+    """Start a command, press Ctrl-C (SIGINT to its process group) once `marker` is on its stderr,
+    i.e. once it is at work; returns (exit status, stderr)."""
+    proc = subprocess.Popen([str(a) for a in args], start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=_env())
+    os.set_blocking(proc.stderr.fileno(), False)
+    err, deadline = b"", time.time() + timeout
+    while marker.encode() not in err and time.time() < deadline and proc.poll() is None:
+        err += proc.stderr.read() or b""
+        time.sleep(0.05)
+    assert marker.encode() in err, err.decode(errors="replace")
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=60)
+    os.set_blocking(proc.stderr.fileno(), True)
+    err += proc.stderr.read() or b""
+    proc.stderr.close()
+    return proc.returncode, err.decode(errors="replace")
+
+
+def test_6_ctrl_c_in_the_other_commands_says_what_was_kept(tmp_path):
+    data = make_tiny_dataset(tmp_path / "test", num_sequences=40, k=9, size=64)
+    out = tmp_path / "eval"
+    code, err = _interrupt_once([BIN / "drs-evaluate", f"data.test={data}", f"out_dir={out}", "baselines=[rpca]",
+                                 f"hydra.run.dir={tmp_path / 'h'}"], "evaluate:")
+    assert code == 130 and "drs-evaluate: interrupted; nothing was written" in err, err
+    assert "Traceback" not in err and not (out / "metrics.json").exists()
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    photos = []
+    for i in range(4):
+        photos.append(tmp_path / f"p{i}.png")
+        Image.fromarray(rng.integers(0, 255, (512, 512, 3), dtype=np.uint8)).save(photos[-1])
+    clean = tmp_path / "clean.png"
+    code, err = _interrupt_once([BIN / "drs-restore", "--tile", "256", "--out", clean, *photos], "encoding:")
+    assert code == 130 and f"drs-restore: interrupted; {clean} was not written" in err, err
+    assert "Traceback" not in err and not clean.exists() and not list(tmp_path.glob(".clean.png.*"))
 
 
 def _checkpoint(path: Path, arch: str = "drs_small", state: dict | None = None) -> Path:
