@@ -173,6 +173,7 @@ class GenerateConfig:
     progress: bool = True
     scratch_dir: str | None = None  # Blender's pass files; default: a temp dir in /dev/shm or /tmp
     overwrite: bool = False  # out_dir holds a drs dataset of another config: delete it and start over
+    allow_version_change: bool = False  # add to a dataset written by another generator version (repairs)
     scene: SceneConfig = field(default_factory=SceneConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
     covers: CoversConfig = field(default_factory=CoversConfig)
@@ -195,7 +196,7 @@ class GenerateConfig:
         """What determines the data: stored in every shard and the manifest. Leaves out where it is
         written and which task wrote it, so a repaired or re-sharded shard has identical bytes."""
         d = OmegaConf.to_container(OmegaConf.structured(self), resolve=True)
-        for key in ("out_dir", "shard", "progress", "scratch_dir", "overwrite"):
+        for key in ("out_dir", "shard", "progress", "scratch_dir", "overwrite", "allow_version_change"):
             d.pop(key)
         for key in ("device", "threads", "recycle_after", "max_memory_mb", "max_retries", "timeout_s"):
             d["render"].pop(key)

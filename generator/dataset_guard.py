@@ -147,14 +147,19 @@ def claim(cfg: GenerateConfig) -> str:
         else:
             differences = _diff({"generator_version": recorded.get("generator_version"), **recorded["config"]},
                                 {"generator_version": mine["generator_version"], **mine["config"]})
+            if cfg.allow_version_change and all(d.startswith("generator_version:") for d in differences):
+                return mine["fingerprint"]  # a repair the user accepted; the dataset keeps its record
             if cfg.overwrite:
                 _wipe(out, recorded, differences)
             elif differences:
                 shown = "; ".join(differences[:6]) + ("; ..." if len(differences) > 6 else "")
+                only_version = all(d.startswith("generator_version:") for d in differences)
                 raise DatasetConflict(
                     f"out_dir={out}: holds a dataset made with another config ({shown}); this run would "
                     f"mix its sequences with those. Use a new out_dir, or add overwrite=true to delete "
-                    f"that dataset and start over")
+                    f"that dataset and start over"
+                    + ("; drs-verify --repair --allow-version-change re-renders its lost shards with this "
+                       "generator" if only_version else ""))
         write_json_atomic(out / IDENTITY_NAME, {k: v for k, v in mine.items() if k != "file"})
         # Caches of other configs (or from before caches were keyed) can never be used again.
         if (out / CACHE_DIR).is_dir():

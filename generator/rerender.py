@@ -155,6 +155,7 @@ def repair_config(
         raise RepairError(
             f"{dataset_dir}: cannot compose drs-generate's config from the recorded one: {exc}"
         ) from exc
+    cfg.allow_version_change = allow_version_change  # generate()'s dataset check accepts it then
     differences = _diff(recorded, cfg.content_config())
     if differences:
         raise RepairError(
@@ -213,6 +214,7 @@ def launcher_command(
         *content_overrides(cfg.content_config()),
         f"out_dir={_hydra_value(cfg.out_dir)}",
         f"progress={_hydra_value(cfg.progress)}",
+        f"allow_version_change={_hydra_value(cfg.allow_version_change)}",
         *overrides,
     ]
 

@@ -147,6 +147,23 @@ def test_1_resume_with_a_changed_config_is_refused_and_never_mixes(tmp_path):
     assert read_manifest(out)["seed"] == 6
 
 
+def test_1_another_generator_version_is_refused_unless_a_repair_accepts_it(tmp_path):
+    from generator.config import GenerateConfig
+    from generator.dataset_guard import IDENTITY_NAME, DatasetConflict, claim
+
+    cfg = GenerateConfig(out_dir=str(tmp_path / "ds"), num_sequences=2, resolution=16, progress=False)
+    claim(cfg)
+    record = json.loads((tmp_path / "ds" / IDENTITY_NAME).read_text())
+    record["generator_version"] = "0.0.1"  # what an older install wrote
+    (tmp_path / "ds" / IDENTITY_NAME).write_text(json.dumps(record))
+    before = _digests(tmp_path / "ds")
+    with pytest.raises(DatasetConflict, match=r"generator_version: recorded '0.0.1'.*--allow-version-change"):
+        claim(cfg)
+    cfg.allow_version_change = True
+    claim(cfg)
+    assert _digests(tmp_path / "ds") == before, "the dataset keeps the record of the version that wrote it"
+
+
 # ---------------------------------------------------------------------------------- case 2
 
 

@@ -50,7 +50,12 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 def main() -> None:
     # Every rank runs Hydra (torchrun, srun, submitit); only rank 0 writes .hydra/ (the drs_rank0
     # resolver in conf/train.yaml) and the log file (trainer.train.train drops it on other ranks).
-    _hydra_main()
+    try:
+        _hydra_main()
+    except KeyboardInterrupt:  # while Hydra composes the config, before training started
+        from generator.dataset_format import report_interrupt
+
+        sys.exit(report_interrupt("drs-train", "training had not started; nothing was written"))
 
 
 if __name__ == "__main__":
