@@ -17,11 +17,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from generator.dataset_format import atomic_path
 from trainer.launch_env import launch_info, missed_srun
 
 log = logging.getLogger(__name__)
 
-SHARED_MARKER = ".rank0-marker"
+# + a random token: a name no node has looked up before, so no node's NFS lookup cache (which may
+# remember an earlier run's marker, or its absence) can answer for the server.
+SHARED_MARKER = ".rank0-marker-"
 
 
 class OutDirNotShared(ValueError):
@@ -111,17 +114,15 @@ def max_over_ranks(env: DistEnv, value: int) -> int:
 def check_shared_out_dir(env: DistEnv, out_dir: Path) -> None:
     """Every rank must see the files rank 0 writes, or resume and checkpoints silently diverge.
 
-    Rank 0 writes a fresh random token to out_dir/.rank0-marker; each rank reads it back. Raises
+    Rank 0 writes a random token to out_dir/.rank0-marker-<token>; each rank reads it back. Raises
     OutDirNotShared on every rank, naming the ranks and hosts that did not see it.
     """
     if not env.distributed:
         return
     token = [secrets.token_hex(16) if env.is_main else None]
     dist.broadcast_object_list(token, src=0)
-    marker = out_dir / SHARED_MARKER
+    marker = out_dir / (SHARED_MARKER + token[0])
     if env.is_main:
-        from generator.dataset_format import atomic_path
-
         out_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(marker) as tmp:
             tmp.write_text(token[0])
@@ -137,7 +138,7 @@ def check_shared_out_dir(env: DistEnv, out_dir: Path) -> None:
     blind = [f"rank {r} on {host}" for r, (ok, host) in enumerate(views) if not ok]
     if blind:
         raise OutDirNotShared(f"out_dir={out_dir} is not shared between the nodes: {', '.join(blind)} cannot see "
-                              f"{SHARED_MARKER} written there by rank 0 on {views[0][1]}; put out_dir on a "
+                              f"{marker.name} written there by rank 0 on {views[0][1]}; put out_dir on a "
                               "filesystem that every node mounts")
 
 
