@@ -185,3 +185,57 @@ def test_sigterm_saves_stops_without_requeue_and_resume_is_exact(tmp_path):
     a = load_checkpoint(out / "checkpoints" / "step-00000030.pt")["model"]
     b = load_checkpoint(tmp_path / "straight" / "checkpoints" / "step-00000030.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+# ----------------------------------------------------------------------------------------------
+# launcher configs and the batch script, against README's "Training on a cluster" table
+
+
+def _train_launcher(name: str, *overrides: str):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"hydra/launcher={name}", *overrides], return_hydra_config=True)
+    return cfg.hydra.launcher
+
+
+def _readme_training_table() -> dict[str, dict[str, str]]:
+    lines = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("|")]
+    start = next(i for i, line in enumerate(lines) if line.startswith("| launcher | nodes | tasks_per_node"))
+    header = [c.strip() for c in lines[start].strip("|").split("|")]
+    rows = {}
+    for line in lines[start + 2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) != len(header) or not cells[0].startswith("`"):
+            break
+        rows[cells[0].strip("`")] = dict(zip(header[1:], cells[1:], strict=True))
+    return rows
+
+
+def _sbatch_defaults() -> dict[str, str]:
+    lines = (ROOT / "conf" / "slurm" / "train.sbatch").read_text().splitlines()
+    return dict(line.removeprefix("#SBATCH --").split("=", 1) for line in lines if line.startswith("#SBATCH --")
+                and "=" in line)
+
+
+def test_training_launchers_and_batch_script_hold_what_the_readme_documents():
+    table = _readme_training_table()
+    assert set(table) == {"slurm_train_gpu", "slurm_train_cpu", "conf/slurm/train.sbatch"}
+
+    def number(cell: str) -> int | None:
+        return None if cell == "–" else int(cell)
+
+    for name in ("slurm_train_gpu", "slurm_train_cpu"):
+        cfg, row = _train_launcher(name), table[name]
+        assert cfg._target_.endswith("SlurmLauncher") and cfg.max_num_timeout > 0
+        for key in ("nodes", "tasks_per_node", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min"):
+            assert cfg[key] == number(row[key]), (name, key)
+        assert row["signal before the limit"] == f"USR2, {cfg.signal_delay_s} s"
+        assert any("OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK" in line for line in cfg.setup), name
+    assert _train_launcher("slurm_train_cpu", "hydra.launcher.nodes=3").nodes == 3
+
+    script, row = _sbatch_defaults(), table["conf/slurm/train.sbatch"]
+    assert script["nodes"] == row["nodes"] and script["ntasks-per-node"] == row["tasks_per_node"]
+    assert script["cpus-per-task"] == row["cpus_per_task"] and "gpus-per-node" not in script
+    assert script["time"] == f"{row['timeout_min'].split()[0]}:00:00"
+    signal_name, delay = script["signal"].split("@")
+    assert row["signal before the limit"] == f"{signal_name}, {delay} s"
+    assert "--requeue" in (ROOT / "conf" / "slurm" / "train.sbatch").read_text()
