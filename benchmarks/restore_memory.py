@@ -5,8 +5,10 @@
 
 Every measurement runs in a fresh child process and reports that process's own peak resident set
 (VmHWM; not ru_maxrss, which also counts the parent's memory inherited through fork), so imports
-and allocator state of one run cannot leak into another. Goal (issue 4):
-peak memory at K = 50 within 10 % of K = 2, and under 3 GB at 4K on the CPU.
+and allocator state of one run cannot leak into another. Goals: peak memory at K = 50 within 10 %
+of K = 2 and under 3 GB at 4K on the CPU; each added 4K photo costs <= 5 s on 2 cores (the
+"s/added" column: wall time over K = 2, divided by the photos added), for the default drs_fusion
+beside the paper's design (drs_paper) in the same run.
 
 Also times the network's two halves on one 1920x1080 image (encode: once per photo; decode: once
 per set) against the prototype anchor: planes 18, 10/5/6 blocks, ~1.5 M parameters took ~4.2 s to
@@ -119,8 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="1280x720, K = 2, 6 (smoke run)")
     ap.add_argument("--size", default=None, help="WxH of the photos (default 3840x2160, quick 1280x720)")
     ap.add_argument("--ks", default=None, help="comma-separated set sizes (default 2,10,50, quick 2,6)")
-    ap.add_argument("--archs", default="drs_small", help="architectures for the K sweep")
-    ap.add_argument("--speed-archs", default="drs_small,drs_base", help="architectures for the 1080p timing")
+    ap.add_argument("--archs", default="drs_fusion,drs_paper", help="architectures for the K sweep")
+    ap.add_argument("--speed-archs", default="drs_small,drs_paper",
+                    help="paper-design architectures for the 1080p encode/decode timing (empty: none)")
     ap.add_argument("--tile", type=int, default=1024, help="drs-restore --tile")
     ap.add_argument("--json", default=None, help="also write the figures here")
     args = ap.parse_args(argv)
@@ -132,29 +135,34 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp)
         photos = make_photos(tmp, max(ks), width, height)
         ckpts = {a: save_random_checkpoint(a, tmp / f"{a}.pt") for a in
-                 {*args.archs.split(","), *args.speed_archs.split(",")}}
+                 {*args.archs.split(","), *filter(None, args.speed_archs.split(","))}}
 
-        for arch in args.speed_archs.split(","):
+        for arch in filter(None, args.speed_archs.split(",")):
             r = child("halves", ckpts[arch], tmp / "unused.png", 0, [])
             results["halves_1080p"][arch] = r
             print(f"{arch}: 1920x1080 encode {r['encode_s']:.2f} s (anchor {ANCHOR_1080P['encode_s']}), "
                   f"decode {r['decode_s']:.2f} s (anchor {ANCHOR_1080P['decode_s']}), untiled", flush=True)
 
         print(f"\n{width}x{height}, tile {args.tile}, peak RSS of each child process")
-        print(f"{'what':<22}{'K':>4}{'peak MB':>10}{'x K=2':>8}{'wall s':>9}{'s/image':>9}")
+        print(f"{'what':<22}{'K':>4}{'peak MB':>10}{'x K=2':>8}{'wall s':>9}{'s/image':>9}{'s/added':>9}")
         for name in [*args.archs.split(","), "median"]:
-            base = None
+            base = first = None
             for k in ks:
                 if name == "median":
-                    r = child("median", ckpts[args.archs.split(",")[0]], tmp / "median.png", 0, photos[:k])
+                    r = child("median", ckpts[args.archs.split(",")[0]], tmp / f"median-{k}.png", 0, photos[:k])
                 else:
-                    r = child("restore", ckpts[name], tmp / "out.png", args.tile, photos[:k])
+                    r = child("restore", ckpts[name], tmp / f"out-{name}-{k}.png", args.tile, photos[:k])
                 base = base or r["peak_mb"]
+                first = first or (k, r["wall_s"])
+                # What one more photo costs, without the fixed cost of a restore (start-up, decode).
+                added = (r["wall_s"] - first[1]) / (k - first[0]) if k > first[0] else None
                 row = {"what": name if name == "median" else f"drs-restore {name}", "k": k, **r,
-                       "s_per_image": r["wall_s"] / k, "peak_ratio_vs_k2": r["peak_mb"] / base}
+                       "s_per_image": r["wall_s"] / k, "s_per_added_image": added,
+                       "peak_ratio_vs_k2": r["peak_mb"] / base}
                 results["sweep"].append(row)
                 print(f"{row['what']:<22}{k:>4}{r['peak_mb']:>10.0f}{row['peak_ratio_vs_k2']:>8.2f}"
-                      f"{r['wall_s']:>9.1f}{row['s_per_image']:>9.2f}", flush=True)
+                      f"{r['wall_s']:>9.1f}{row['s_per_image']:>9.2f}"
+                      + (f"{added:>9.2f}" if added is not None else f"{'-':>9}"), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

@@ -331,6 +331,10 @@ def metrics_markdown(result: EvalResult, info: dict[str, Any]) -> str:
             lines.append(
                 f"| {method} | {k} | {pair('psnr_matched', 2)} | {pair('ssim_matched', 3)} | {pair('psnr', 2)} |"
             )
+    from trainer.paired import paired_gains, paired_markdown
+
+    lines += paired_markdown(paired_gains(result.samples, "psnr_matched"), ks, "psnr_matched")
+    lines += paired_markdown(paired_gains(result.samples, "psnr"), ks, "psnr")
     lines += ["", "## Runtime (seconds per restoration, wall clock, one set at a time)", ""]
     lines += _table(metrics, ks, lambda e: f"{e['seconds']:.4f}")
     lines += ["", "## Counts (sequences / restorations)", ""]
@@ -357,7 +361,13 @@ def write_reports(result: EvalResult, out_dir: str | Path, info: dict[str, Any])
         "ssim_vs_k.png": out_dir / "ssim_vs_k.png",
         "qualitative.png": out_dir / "qualitative.png",
     }
-    _write_text(paths["metrics.json"], json.dumps(result.metrics, indent=2) + "\n")
+    from trainer.paired import paired_gains
+
+    metrics = dict(result.metrics)
+    if "network" in metrics:  # per-sequence paired wins beside the network's own figures
+        metrics["network"] = {**metrics["network"], "paired": {
+            key: paired_gains(result.samples, key) for key in ("psnr_matched", "psnr", "ssim_matched")}}
+    _write_text(paths["metrics.json"], json.dumps(metrics, indent=2) + "\n")
     # One line per restoration, subsets included, so any figure can be recomputed independently.
     _write_text(paths["samples.jsonl"], "".join(json.dumps(s, sort_keys=True) + "\n" for s in result.samples))
     _write_text(paths["metrics.md"], metrics_markdown(result, info))
