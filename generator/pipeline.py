@@ -8,6 +8,7 @@ The shard file and its manifest part appear only once complete (temporary name, 
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -289,9 +290,12 @@ def _save_cached(cache: Path, sid: int, outcome: dict[str, Any]) -> None:
     if "rejected" not in outcome:
         arrays = {"inputs": outcome["inputs"], "target": outcome["target"],
                   **{f"mask_{k}": v for k, v in outcome["masks"].items()}}
+    # Zipped in memory, then written: savez failing on a full disk half-way leaves a ZipFile that
+    # prints a traceback when it is collected; a plain write fails with a clean OSError.
+    buffer = io.BytesIO()
+    np.savez(buffer, meta=np.array(json.dumps(meta)), **arrays)
     with atomic_path(_cached_path(cache, sid)) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, meta=np.array(json.dumps(meta)), **arrays)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def _load_cached(cache: Path, sid: int) -> dict[str, Any]:

@@ -349,6 +349,23 @@ def test_6_full_and_read_only_disks_are_reported_in_one_line(tmp_path):
 
 
 @pytest.mark.blender
+def test_6_a_disk_filling_up_mid_render_is_one_line_and_leaves_no_temporaries(tmp_path):
+    disk = tmp_path / "disk"
+    _mount_tmpfs(disk, "64k")
+    try:
+        # The plan (~43 kB of shards) fits; the cache of the first finished sequence (~86 kB) does not.
+        proc = _start_generate(disk / "ds", "num_sequences=2", "sequences_per_shard=2", "sequence_length=3",
+                               "resolution=64", "progress=false", f"hydra.run.dir={tmp_path / 'logs'}")
+        _, err = proc.communicate(timeout=300)
+        _refused(subprocess.CompletedProcess(proc.args, proc.returncode, "", err),
+                 "No space left on device", str(disk / "ds"))
+        assert not [p for p in disk.rglob("*.partial") if p.is_file()], "an atomic-write temporary stayed"
+        assert not _scratch_of(proc.pid), "Blender's scratch folder stayed"
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.mark.blender
 def test_6_ctrl_c_stops_with_130_says_what_was_kept_and_leaves_no_temporaries(tmp_path):
     out, logs = tmp_path / "ds", tmp_path / "logs"
     proc = _start_generate(out, *SMALL, f"hydra.run.dir={logs}")
