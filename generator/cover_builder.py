@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("data/covers"))
     parser.add_argument("--source", type=Path, action="append", help=f"folder of pictures (default: {', '.join(DEFAULT_SOURCES)})")
     parser.add_argument("--per-source", type=int, default=40, help="covers per training picture")
-    parser.add_argument("--val-per-source", type=int, default=10, help="covers per validation picture")
+    parser.add_argument("--val-per-source", type=int, default=25, help="covers per validation picture (fewer pictures: more covers each)")
     parser.add_argument("--size", type=int, default=384, help="cover side in pixels")
     parser.add_argument("--val-percent", type=float, default=15.0, help="share of pictures kept for validation")
     parser.add_argument("--seed", type=int, default=0)
