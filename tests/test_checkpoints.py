@@ -93,7 +93,12 @@ def test_resume_skips_a_broken_newest_checkpoint(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="trainer.checkpoints"):
         payload = ckpt.latest_resumable(tmp_path)
     assert payload["step"] == 6 and payload["_path"] == str(ckpt.step_path(tmp_path, 6))
-    assert "cannot resume from" in caplog.text and "step-00000009.pt" in caplog.text
+    [message] = [r.getMessage() for r in caplog.records]
+    torn = ckpt.step_path(tmp_path, 9)
+    assert message.startswith(f"cannot resume from {torn} (checkpoint {torn} is corrupt")
+    assert message.endswith("); trying an older checkpoint")
+    # map_location reaches the loader ("meta": tensors without storage, standing in for a GPU).
+    assert ckpt.latest_resumable(tmp_path, map_location="meta")["model"]["stem.0.weight"].device.type == "meta"
 
 
 def test_rng_state_round_trips_through_a_checkpoint(tmp_path):
@@ -132,7 +137,12 @@ def test_init_weights_from_needs_the_same_architecture_and_keys(tmp_path, caplog
     with caplog.at_level(logging.INFO, logger="trainer.checkpoints"):
         ckpt.init_weights_from(dst, path)
     assert all(torch.equal(dst.state_dict()[k], v) for k, v in src.state_dict().items())
-    assert f"initialised weights from {path} (step 11)" in caplog.text
+    assert [r.getMessage() for r in caplog.records] == [f"initialised weights from {path} (step 11)"]
+    # An argument only one side has is a difference too.
+    extra_arg = save_checkpoint(tmp_path / "a.pt", model_state=src.state_dict(), arch=src.arch,
+                                arch_args={**src.arch_args, "gain": 2})
+    with pytest.raises(CheckpointError, match=r"\{'gain': \(2, None\)\}"):
+        ckpt.init_weights_from(dst, extra_arg)
     other = tiny("max")
     with pytest.raises(CheckpointError, match=r"differing arguments \(checkpoint, config\): \{'aggregation': \('mean', 'max'\)\}"):
         ckpt.init_weights_from(other, path)
@@ -143,6 +153,10 @@ def test_init_weights_from_needs_the_same_architecture_and_keys(tmp_path, caplog
     bad = save_checkpoint(tmp_path / "k.pt", model_state=state, arch=src.arch, arch_args=src.arch_args)
     with pytest.raises(CheckpointError, match=rf"missing keys \['{dropped}'\]; unexpected keys \['{extra_key}'\]"):
         ckpt.init_weights_from(dst, bad)
+    del state[extra_key]  # only a missing key: refused as well
+    only_missing = save_checkpoint(tmp_path / "m.pt", model_state=state, arch=src.arch, arch_args=src.arch_args)
+    with pytest.raises(CheckpointError, match=rf"missing keys \['{dropped}'\]; unexpected keys \[\]"):
+        ckpt.init_weights_from(dst, only_missing)
     state = dict(src.state_dict())
     state[dropped] = torch.zeros(*state[dropped].shape, 2)
     wrong_shape = save_checkpoint(tmp_path / "s.pt", model_state=state, arch=src.arch, arch_args=src.arch_args)
