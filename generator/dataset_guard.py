@@ -57,10 +57,11 @@ KIND = "drs-synthetic-dataset"
 # folder, created before any of our code runs.
 OWN_ENTRIES = {SHARD_DIR, PARTS_DIR, MANIFEST_NAME, IDENTITY_NAME, CACHE_DIR, LOCK_DIR, "logs", "quarantine"}
 SCRATCH_PREFIX = "drs-passes-"
-# Disk estimate: LZF keeps ~30 % of the raw bytes of rendered sequences (0.157 MB of 0.525 MB at
-# 96 px, dataset_format.py); 0.25 errs on the small side so a plan is refused only when it surely
-# cannot fit. Time: ~2,000 sequences per core-hour at 256 px, K=9 (README cost model).
-_COMPRESSED_FRACTION = 0.25
+# Disk estimate from the images alone (masks compress to almost nothing): schema 2 keeps ~34 % of
+# their raw bytes (0.67 of 1.97 MB per rendered 256 px K=9 sequence, dataset_format.py); 0.3 errs
+# on the small side, so a plan is refused only when it surely cannot fit. Time: ~2,000 sequences
+# per core-hour at 256 px, K=9 (README cost model).
+_COMPRESSED_FRACTION = 0.3
 _CORE_SECONDS_PER_SEQUENCE_256_K9 = 1.8
 
 
@@ -94,7 +95,8 @@ def recorded_identity(out_dir: Path) -> dict[str, Any] | None:
                 return record
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
             pass
-        raise DatasetConflict(f"{path}: damaged; remove it only if {out_dir} is a drs dataset you mean to keep")
+        raise DatasetConflict(f"{path}: damaged; if {out_dir} is a drs dataset, delete that file and rerun "
+                              f"(it is rebuilt from manifest.json or manifest.parts/)")
     for path in [out_dir / MANIFEST_NAME, *sorted((out_dir / PARTS_DIR).glob("shard-*.json"))]:
         try:
             record = json.loads(path.read_text())
@@ -150,7 +152,7 @@ def claim(cfg: GenerateConfig) -> str:
             if cfg.allow_version_change and all(d.startswith("generator_version:") for d in differences):
                 return mine["fingerprint"]  # a repair the user accepted; the dataset keeps its record
             if cfg.overwrite:
-                _wipe(out, recorded, differences)
+                _wipe(out, differences)
             elif differences:
                 shown = "; ".join(differences[:6]) + ("; ..." if len(differences) > 6 else "")
                 only_version = all(d.startswith("generator_version:") for d in differences)
@@ -185,7 +187,7 @@ def why_not_replaceable(path: Path) -> str | None:
     return None
 
 
-def _wipe(out: Path, recorded: dict[str, Any], differences: list[str]) -> None:
+def _wipe(out: Path, differences: list[str]) -> None:
     """overwrite=true: delete what drs-generate made in `out`, and nothing else."""
     foreign = _foreign_entries(out)
     if foreign:
@@ -319,7 +321,7 @@ def check_plan(cfg: GenerateConfig, sequences: int) -> str:
     """Refuse (UserError) a run whose `sequences` cannot fit on out_dir's disk; else return a line
     with its estimated size and core-hours for the log. Shards already written count as done."""
     k, side = cfg.sequence_length, cfg.resolution
-    raw = k * side * side * 3 + side * side * 3 + 3 * k * side * side  # inputs, target, 3 masks
+    raw = (k + 1) * side * side * 3  # inputs and target
     need = sequences * raw * _COMPRESSED_FRACTION
     if cfg.shard is None and (Path(cfg.out_dir) / SHARD_DIR).is_dir():
         need -= sum(e.stat().st_size for e in os.scandir(Path(cfg.out_dir) / SHARD_DIR) if e.name.endswith(".h5"))

@@ -114,7 +114,9 @@ def test_sweep_renders_the_same_bytes_as_a_local_run(slurm_cluster, reference, t
 
 def test_task_killed_mid_shard_is_named_then_repaired_to_the_same_bytes(slurm_cluster, reference, tmp_path):
     dataset = tmp_path / "killed"
-    cache = dataset / ".partial" / "shard-00001"
+    def cached_sequences() -> list[Path]:  # the cache is keyed by the config's fingerprint
+        return sorted(dataset.glob(".partial/*/shard-00001/seq-*.npz"))
+
     sweep = subprocess.Popen(
         _sweep(dataset),
         env=slurm_cluster.env,
@@ -124,7 +126,7 @@ def test_task_killed_mid_shard_is_named_then_repaired_to_the_same_bytes(slurm_cl
         text=True,
     )
     try:
-        _wait_for(lambda: any(cache.glob("seq-*.npz")), sweep, "shard 1's first cached sequence", 240)
+        _wait_for(cached_sequences, sweep, "shard 1's first cached sequence", 240)
         task, killed = _sigkill_array_task(slurm_cluster, array_task=1)
         output, _ = sweep.communicate(timeout=SWEEP_TIMEOUT_S)
     finally:
@@ -134,7 +136,7 @@ def test_task_killed_mid_shard_is_named_then_repaired_to_the_same_bytes(slurm_cl
     assert killed, f"found no process of Slurm task {task} to kill"
     # The scheduler saw a failure here, but drs-verify never relies on that: it reads the files.
     assert sweep.returncode != 0 and task in output, output
-    cached = sorted(p.name for p in cache.glob("seq-*.npz"))
+    cached = [p.name for p in cached_sequences()]
     assert 1 <= len(cached) < 8, f"the kill did not land mid-shard: cached {cached}"
     assert not shard_path(dataset, 1).exists() and not part_path(dataset, 1).exists()
     assert not shard_is_complete(dataset, 1)
@@ -154,7 +156,7 @@ def test_task_killed_mid_shard_is_named_then_repaired_to_the_same_bytes(slurm_cl
     assert "repairing shards [1]" in repair.stderr and "repaired shards [1]" in repair.stderr
     assert _digests(dataset) == _digests(reference)
     assert _shard_records(dataset) == _shard_records(reference)
-    assert not cache.exists()
+    assert not (dataset / ".partial").exists()
 
 
 def test_flipped_byte_and_deleted_shard_are_named_and_repaired_through_slurm(
