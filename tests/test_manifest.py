@@ -36,7 +36,8 @@ def test_parts_merge_into_the_documented_manifest(tmp_path):
                sequences=[{"sequence_id": 5, "reason": "failed QA on 1 attempts: frame 1: all black"}])
     write_part(tmp_path, 0, device="cpu", covers=[bad_cover, {"file": "covers/tiny.png", "reason": "too small"}],
                timings={"render": 1.0, "scene": 0.5},
-               frames=[{"sequence_id": 1, "attempt": 0, "reason": "frame 0: saturated"}])
+               frames=[{"sequence_id": 1, "attempt": 0, "reason": "frame 0: saturated"}],
+               sequences=[{"sequence_id": 1, "reason": "failed QA on 1 attempts: frame 0: saturated"}])
     manifest = merge_parts(tmp_path, expected_shards=4)
     assert manifest == read_manifest(tmp_path)
     assert [s["file"] for s in manifest["shards"]] == ["shards/shard-00000.h5", "shards/shard-00002.h5"]
@@ -48,8 +49,19 @@ def test_parts_merge_into_the_documented_manifest(tmp_path):
     rejected = manifest["rejected"]
     # Frames and sequences from every shard, in shard order; a cover rejected by several tasks once.
     assert [f["sequence_id"] for f in rejected["frames"]] == [1, 5]
-    assert rejected["sequences"] == [{"sequence_id": 5, "reason": "failed QA on 1 attempts: frame 1: all black"}]
+    assert rejected["sequences"] == [{"sequence_id": 1, "reason": "failed QA on 1 attempts: frame 0: saturated"},
+                                     {"sequence_id": 5, "reason": "failed QA on 1 attempts: frame 1: all black"}]
     assert rejected["covers"] == [bad_cover, {"file": "covers/tiny.png", "reason": "too small"}]
+
+
+def test_merge_removes_what_a_killed_merge_left_and_nothing_else(tmp_path):
+    write_part(tmp_path, 0)
+    torn = tmp_path / ".manifest.json.k1ll3d.partial"
+    torn.write_text("{")
+    other = tmp_path / ".notes.json.abc.partial"  # another writer's temporary: not the merge's business
+    other.write_text("{")
+    merge_parts(tmp_path)
+    assert not torn.exists() and other.exists()
 
 
 def test_without_an_expected_count_nothing_is_called_missing(tmp_path):
