@@ -145,15 +145,17 @@ class Aligner:
     order, so index i of the restore stream is paths[i]. Anchor pixels fill what a photo does
     not cover, so the set mean there is not darkened. Deterministic: "multi" calls it per pass.
 
-    rectify: "auto" finds the cover's outline in the anchor (generator/cover_quad.py) and, if found,
-    outputs the flat, front-on cover at its own aspect ratio (`to_out`, anchor px -> output px;
-    `out_size`); "off" keeps the anchor's frame; `corners` (4, 2) anchor px give the outline.
-    `outline` says what happened (for the console).
+    rectify: "auto" finds the cover's outline (generator/cover_quad.py) in the anchor or, when glare
+    or a hand spoils it there, in the aligned photo that shows it best (mapped through that photo's
+    homography), and outputs the flat, front-on cover at its own aspect ratio (`to_out`, anchor px
+    -> output px; `out_size`); "off" keeps the anchor's frame; `corners` (4, 2) anchor px give the
+    outline. `outline` says what happened (for the console).
     """
 
     def __init__(self, paths: Sequence[Path], size: tuple[int, int], anchor: int = 0, cfg=None,
                  progress: bool = True, rectify: str = "auto", corners: np.ndarray | None = None):
-        from generator.align import AlignConfig, align, prepare, set_region  # cv2: only needed with --align
+        # cv2: only needed with --align
+        from generator.align import AlignConfig, align, find_quad, prepare, project, set_region
 
         if not 0 <= anchor < len(paths):
             raise RestoreError(f"--align-to {anchor}: there are {len(paths)} photos (indices 0..{len(paths) - 1})")
@@ -161,10 +163,18 @@ class Aligner:
         self.anchor_path = Path(paths[anchor])
         self.anchor = _to_hwc(load_image(self.anchor_path, size))
         anchor_frame = prepare(self.anchor, cfg)
-        quad = self._outline(size, rectify, corners)
+        self.to_out, self.out_size, self.outline = np.eye(3), size, ""
+        if corners is not None:
+            quad, how = np.asarray(corners, np.float64), "the given --corners"
+        elif rectify == "off":
+            quad, how = None, "not rectified (--rectify off): output in the anchor photo's frame"
+        else:
+            found = find_quad(self.anchor)
+            quad, how = found.quad, found.reason if found.quad is None else f"the outline found in {self.anchor_path.name}"
         # Without an outline, the whole anchor photo counts (the photos were chosen by the user; a
         # central region, as drs-ingest uses against intruders, would extrapolate to the borders).
         set_region(anchor_frame, quad)
+        seen: list[tuple[float, np.ndarray, Path]] = []  # outlines found in other photos (support, quad, photo)
         self.paths: list[Path] = []
         self.homographies: list[np.ndarray] = []
         self.rejected: list[tuple[Path, str]] = []
@@ -172,13 +182,28 @@ class Aligner:
             if i == anchor:
                 h, reason = np.eye(3), None
             else:
-                res = align(anchor_frame, prepare(_to_hwc(load_image(p, size)), cfg), cfg)
+                img = _to_hwc(load_image(p, size))
+                res = align(anchor_frame, prepare(img, cfg), cfg)
                 h, reason = res.homography, res.reason
+                if reason is None and quad is None and rectify == "auto" and corners is None:
+                    other = find_quad(img)
+                    if other.quad is not None:
+                        seen.append((other.support, project(h, other.quad), Path(p)))
             if reason is None:
                 self.paths.append(Path(p))
                 self.homographies.append(h)
             else:
                 self.rejected.append((Path(p), reason))
+        if quad is None and seen:
+            support, quad, where = max(seen, key=lambda t: t[0])
+            how = f"the outline found in {where.name} (none in the anchor {self.anchor_path.name}: {how})"
+        if quad is not None:
+            self._rectify(quad, size, how)
+        elif rectify == "off" and corners is None:
+            self.outline = how
+        else:
+            self.outline = (f"no cover outline found in {self.anchor_path.name} or the other photos ({how}); output "
+                            "in the anchor photo's frame (give --corners x1,y1,...,x4,y4 to rectify)")
         import cv2
 
         self.size = size
@@ -188,23 +213,10 @@ class Aligner:
                                    borderMode=cv2.BORDER_REPLICATE)
         self.anchor = (fill * 255 + 0.5).astype(np.uint8)
 
-    def _outline(self, size: tuple[int, int], rectify: str, corners: np.ndarray | None) -> np.ndarray | None:
-        """Set to_out / out_size / outline; return the cover's quad (anchor px) or None."""
-        from generator.align import find_quad, flat_size, quad_aspect, rectify_map
+    def _rectify(self, quad: np.ndarray, size: tuple[int, int], how: str) -> None:
+        """Set to_out / out_size / outline for the cover outlined by quad (anchor px)."""
+        from generator.align import flat_size, quad_aspect, rectify_map
 
-        self.to_out, self.out_size = np.eye(3), size
-        if corners is None and rectify == "off":
-            self.outline = "not rectified (--rectify off): output in the anchor photo's frame"
-            return None
-        if corners is not None:
-            quad, how = np.asarray(corners, np.float64), "the given --corners"
-        else:
-            found = find_quad(self.anchor)
-            if found.quad is None:
-                self.outline = (f"no cover outline found in {self.anchor_path.name} ({found.reason}); output in the "
-                                "anchor photo's frame (give --corners x1,y1,...,x4,y4 to rectify)")
-                return None
-            quad, how = found.quad, f"the outline found in {self.anchor_path.name}"
         aspect = quad_aspect(quad, size)
         # The flat cover at about the resolution the anchor shows it with: nothing is thrown away.
         sides = np.linalg.norm(np.roll(quad, -1, axis=0) - quad, axis=1)
@@ -212,7 +224,6 @@ class Aligner:
         self.out_size = flat_size(aspect, max(short, 8))
         self.to_out = rectify_map(quad, self.out_size)
         self.outline = f"rectified to {how}: {self.out_size[0]}x{self.out_size[1]} px, aspect {aspect:.3f}"
-        return quad
 
     def __call__(self, index: int, img: torch.Tensor) -> torch.Tensor:
         import cv2
