@@ -3,18 +3,20 @@
     drs-ingest captures/ --out data/real --resolution 256
 
 CAPTURES_DIR holds one subfolder per sequence. In each, the image named `reference.*` is the
-clean shot (it becomes the `target`); every other image is an input. Every input is aligned to
-the reference (generator/align.py: SIFT/ORB + RANSAC, then ECC), the square that every accepted
-photo covers is cropped and resized to `--resolution`, and the sequences are written as shards
-with `source=real` and, per image, the homography and alignment scores in `params`. A folder
-without a reference is aligned to its first usable photo and written without a target
-(inference only; the trainer refuses it for supervised training).
+clean shot (it becomes the `target`); every other image is an input. Each folder goes through
+generator/capture_sequence.py: every input is aligned to the reference (generator/align.py:
+RootSIFT + MAGSAC, then ECC, judged by inlier spread and photometric agreement where the cover has
+texture), and every image is warped to the flat, front-on cover (its outline found in the
+reference or given in `corners.txt`), or, without an outline, to the largest square every
+accepted photo covers. A folder without a reference is aligned to its first usable photo and
+written without a target (inference only; the trainer refuses it for supervised training).
 
 Photos whose alignment cannot be trusted are left out, with the reason, in the manifest's
 `rejected.photos`; a sequence left with fewer than `--min-photos` is listed in
-`rejected.sequences` and not written. The trainer needs one K for the whole dataset, so every
-written sequence keeps the same number of photos (`--sequence-length`, default: the smallest
-count left among the kept sequences), the best-aligned ones.
+`rejected.sequences` and not written. The trainer needs one K and one image size for the whole
+dataset: K is the smallest count of good photos among the kept sequences (none is dropped; the
+trade against larger K is reported) or `--sequence-length`, each sequence keeping its best-aligned
+photos; the image size has `--resolution` on its short side, at the covers' median aspect ratio.
 
 The dataset is built in a hidden sibling directory and renamed into place only when complete:
 an error or Ctrl-C never leaves a half-written dataset under DATASET_DIR.
