@@ -27,7 +27,14 @@ from tqdm import tqdm
 
 from generator.config import ConfigError, GenerateConfig, register, validate
 from generator.covers import CoverError, FolderCovers, open_covers
-from generator.dataset_format import SHARD_DIR, UserError, run_command, shard_path
+from generator.dataset_format import (
+    SHARD_DIR,
+    UserError,
+    command_line_value,
+    out_dir_problem,
+    run_command,
+    shard_path,
+)
 from generator.dataset_guard import CACHE_DIR, check_plan, claim, remove_temporaries, shard_lock
 from generator.farm import apply_plan, plan_render_device
 from generator.manifest import merge_parts, part_path, shard_is_complete
@@ -161,28 +168,11 @@ def _remove_skeleton(out_dir: Path, run_dir: Path) -> None:
         shutil.rmtree(out_dir, ignore_errors=True)
 
 
-def _precheck_out_dir(argv: list[str]) -> str | None:
-    """Hydra creates out_dir/logs/ before any code of ours runs, and answers a problem there with a
-    traceback; check the out_dir the command line names first. Returns an error line or None."""
-    global _out_dir_existed
-    given = [a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith("out_dir=")]
-    value = given[-1] if given else str(OmegaConf.load(Path(CONF_DIR) / "generate.yaml").out_dir)
-    if any(c in value for c in ",$") or value.startswith(("range(", "choice(", "glob(")):
-        return None  # a sweep or an interpolation: Hydra's to resolve
-    out = Path(value.strip("'\""))
-    _out_dir_existed = out.exists()
-    if out.exists() and not out.is_dir():
-        return f"out_dir={out}: exists and is not a directory"
-    existing = out.absolute()
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        return f"out_dir={out}: cannot write into {existing} (permission denied or not a directory)"
-    return None
-
-
 def main() -> None:
-    problem = _precheck_out_dir(sys.argv[1:])
+    global _out_dir_existed
+    out_dir = command_line_value(sys.argv[1:], "out_dir", str(OmegaConf.load(Path(CONF_DIR) / "generate.yaml").out_dir))
+    _out_dir_existed = out_dir is None or Path(out_dir).exists()
+    problem = out_dir_problem(out_dir)
     if problem:
         print(f"drs-generate: error: {problem}", file=sys.stderr)
         sys.exit(2)

@@ -588,6 +588,33 @@ def report_error(prog: str, exc: BaseException) -> int:
     return EXIT_ERROR
 
 
+def command_line_value(argv: Sequence[str], key: str, default: str | None = None) -> str | None:
+    """The value of the last `key=value` (or `+key=value`) of a Hydra command line, else `default`;
+    None for a sweep or an interpolation, which only Hydra can resolve."""
+    given = [a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith(f"{key}=")]
+    value = given[-1] if given else default
+    if value is None or any(c in value for c in ",$") or value.startswith(("range(", "choice(", "glob(")):
+        return None
+    return value.strip("'\"")
+
+
+def out_dir_problem(out_dir: str | os.PathLike | None) -> str | None:
+    """Why `out_dir` cannot be created or written (None if it can, or is not known yet). Hydra makes
+    its run folder in out_dir before the app starts and reports a failure there with a traceback,
+    so the drs-* Hydra commands ask this first."""
+    if out_dir is None:
+        return None
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        return f"out_dir={out}: exists and is not a directory"
+    existing = out.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        return f"out_dir={out}: cannot write into {existing} (permission denied, read-only or not a directory)"
+    return None
+
+
 def report_interrupt(prog: str, kept: str) -> int:
     """Print the Ctrl-C line (what was kept, how to resume) and return EXIT_INTERRUPTED."""
     print(f"{prog}: interrupted; {kept}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """Render one shard: sample specs, render in the worker, composite, QA, cache, write, record.
 
 Crash safety: every finished sequence is cached on its own (atomic .npz) under
-`DATASET/.partial/shard-NNNNN/`; a rerun loads those and renders only what is missing, then writes
+`DATASET/.partial/<fingerprint>/shard-NNNNN/`; a rerun loads those and renders only what is missing, then writes
 the shard in one go from the same arrays, so the result is byte-identical to an uninterrupted run.
 The shard file and its manifest part appear only once complete (temporary name, then rename).
 """

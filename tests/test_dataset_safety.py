@@ -282,6 +282,9 @@ def test_6_paths_that_cannot_be_written_are_named(tmp_path, capsys):
     target = tmp_path / "a_file"
     target.write_text("keep")
     _refused(_generate(target, *SMALL), f"out_dir={target}", "not a directory")
+    data = make_tiny_dataset(tmp_path / "data", num_sequences=2, k=2, size=16)
+    _refused(_run("drs-evaluate", f"data.test={data}", f"out_dir={target}"), f"out_dir={target}")
+    _refused(_run("drs-train", f"data.train={data}", f"data.val={data}", f"out_dir={target}"), f"out_dir={target}")
     assert target.read_text() == "keep"
     assert ing.main([str(tmp_path), "--out", str(target)]) == 2
     assert "is a file" in capsys.readouterr().err

@@ -25,7 +25,14 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, ValidationError
 
-from generator.dataset_format import UserError, report_interrupt, run_command
+from generator.dataset_format import (
+    UserError,
+    command_line_value,
+    out_dir_problem,
+    report_error,
+    report_interrupt,
+    run_command,
+)
 from trainer import baselines
 from trainer.evaluate import EvalSettings, evaluate, write_reports
 
@@ -181,6 +188,9 @@ def _app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    problem = out_dir_problem(command_line_value(sys.argv[1:], "out_dir"))
+    if problem:
+        sys.exit(report_error("drs-evaluate", UserError(problem)))
     try:
         _app()
     except KeyboardInterrupt:  # while Hydra composes the config

@@ -50,11 +50,22 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 def main() -> None:
     # Every rank runs Hydra (torchrun, srun, submitit); only rank 0 writes .hydra/ (the drs_rank0
     # resolver in conf/train.yaml) and the log file (trainer.train.train drops it on other ranks).
+    from generator.dataset_format import (
+        UserError,
+        command_line_value,
+        out_dir_problem,
+        report_error,
+        report_interrupt,
+    )
+
+    # An out_dir given on the command line is checked before Hydra creates it (an experiment's own
+    # out_dir is known only after composition).
+    problem = out_dir_problem(command_line_value(sys.argv[1:], "out_dir"))
+    if problem:
+        sys.exit(report_error("drs-train", UserError(problem)))
     try:
         _hydra_main()
     except KeyboardInterrupt:  # while Hydra composes the config, before training started
-        from generator.dataset_format import report_interrupt
-
         sys.exit(report_interrupt("drs-train", "training had not started; nothing was written"))
 
 
