@@ -163,7 +163,9 @@ def _remove_skeleton(out_dir: Path, run_dir: Path) -> None:
     """A run that failed before writing any data leaves no out_dir behind that it created itself
     (only Hydra's log folder would be in it)."""
     logs = out_dir / "logs"
-    if {p.name for p in out_dir.iterdir()} <= {"logs"} and run_dir.parent == logs and \
+    if not logs.is_dir() or run_dir.parent != logs:
+        return  # Hydra's run folder is elsewhere (hydra.run.dir=...): there is no skeleton
+    if {p.name for p in out_dir.iterdir()} <= {"logs"} and \
             {p.name for p in logs.iterdir()} <= {run_dir.name} | {p.name for p in logs.glob("blender-*.log")}:
         shutil.rmtree(out_dir, ignore_errors=True)
 
