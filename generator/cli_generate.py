@@ -170,6 +170,10 @@ def _remove_skeleton(out_dir: Path, run_dir: Path) -> None:
         shutil.rmtree(out_dir, ignore_errors=True)
 
 
+def _interrupt(signum: int, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     global _out_dir_existed
     out_dir = command_line_value(sys.argv[1:], "out_dir", str(OmegaConf.load(Path(CONF_DIR) / "generate.yaml").out_dir))
@@ -178,6 +182,10 @@ def main() -> None:
     if problem:
         print(f"drs-generate: error: {problem}", file=sys.stderr)
         sys.exit(2)
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        # `kill PID` then stops like Ctrl-C: Blender stopped, scratch folder removed, what was kept
+        # said. (Under submitit, which handles SIGTERM itself for requeueing, main() never runs.)
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         _app()
     except KeyboardInterrupt:  # while Hydra composes the config, before any of our code

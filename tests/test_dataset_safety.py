@@ -383,6 +383,17 @@ def test_6_ctrl_c_stops_with_130_says_what_was_kept_and_leaves_no_temporaries(tm
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert "drs-generate: interrupted; kept 0 complete shard(s)" in err and "rerun the same command" in err
     assert not _scratch_of(proc.pid)
+    # `kill PID` (SIGTERM, to the command alone) stops it the same way, Blender included.
+    again = _start_generate(tmp_path / "ds2", *SMALL, f"hydra.run.dir={logs}")
+    _wait_for_cache(tmp_path / "ds2", again)
+    again.send_signal(signal.SIGTERM)
+    _, err = again.communicate(timeout=60)
+    assert again.returncode == 130 and "drs-generate: interrupted; kept" in err and "Traceback" not in err, err
+    assert not _scratch_of(again.pid)
+    deadline = time.time() + 15  # multiprocessing's resource tracker leaves once it sees its parent gone
+    while subprocess.run(["pgrep", "-g", str(again.pid)], capture_output=True).stdout and time.time() < deadline:
+        time.sleep(0.1)
+    assert not subprocess.run(["pgrep", "-g", str(again.pid)], capture_output=True).stdout, "Blender still runs"
     assert _generate(out, *SMALL, logs=logs).returncode == 0
 
 
