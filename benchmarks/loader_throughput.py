@@ -11,9 +11,12 @@ better than real renders (grain, noise): --dataset measures what training will a
 The first --sequences sequences are written three ways in one temporary folder: shards of the
 current schema (Zstd, predictor, checksums), shards of schema 1 (LZF), and a PNG folder (the K
 inputs and the target as RGB PNGs, each mask as a 1-bit PNG). Bytes per sequence count all of it
-(inputs + target + masks). Every loader delivers the same thing (the K images and the target of a
-sequence as uint8 tensors, batches of 10, 2 DataLoader workers); the loaders run in turn, twice,
-and the faster round of each counts, so a burst of load on the shared machine hurts them alike.
+(inputs + target + masks). Every loader is the training loader (trainer/data.py: the same item
+requests, augmentation, uint8 tensors and collate, batches of 10, 2 DataLoader workers) over one
+of the three; the loaders run in turn, twice, and the faster round of each counts, so a burst of
+load on the shared machine hurts them alike.
+Speed is given twice: sequences per second (wall clock, 2 workers) and sequences per CPU-second of
+the loader's processes, which does not move with the load other jobs put on a shared machine.
 Also printed: what one training step consumes (sequences per second of drs_small at the default
 training crop), so "loader / training" says how far data is from starving the model.
 Goals: shard bytes <= PNG bytes, loader >= 3x PNG and >= 10x training.
@@ -22,6 +25,7 @@ Goals: shard bytes <= PNG bytes, loader >= 3x PNG and >= 10x training.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -29,9 +33,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.fixtures_data, run from anywhere
 
@@ -46,28 +51,33 @@ from generator.dataset_format import (  # noqa: E402
     write_shard,
 )
 from tests.fixtures_data import make_sequence  # noqa: E402
-from trainer.data import SetBatchSampler, ShardSetDataset, make_loader  # noqa: E402
+from trainer.data import ItemRequest, SetBatchSampler, ShardSetDataset, _to_tensor, collate_sets, make_loader  # noqa: E402
 
 PER_SHARD = 16
 
 
 class PngFolder(Dataset):
-    """DIR/seq-00000/{0..K-1}.png + target.png -> inputs uint8 (K, 3, H, W), target uint8 (3, H, W).
+    """DIR/seq-00000/{0..K-1}.png + target.png, served exactly as ShardSetDataset serves a shard.
 
-    uint8 like the shard loader's items, so both send the same bytes through the workers. The
-    masks (mask-*.png) are on disk for the byte count but not read: training does not use them."""
+    Same item requests, same frame subset and augmentation (ShardSetDataset's own geometry step,
+    same random draws), same uint8 (k, 3, H, W) tensors and collate: the two loaders differ only in
+    where the pixels come from, and `main` checks that their first batches are equal. The masks
+    (mask-*.png) are on disk for the byte count but not read: training does not use them."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, like: ShardSetDataset):
         self.dirs = sorted(p for p in root.iterdir() if p.is_dir())
+        self.like = like
 
     def __len__(self) -> int:
         return len(self.dirs)
 
-    def __getitem__(self, i: int) -> dict:
-        d = self.dirs[i]
-        frames = sorted(d.glob("[0-9]*.png"), key=lambda p: int(p.stem))
-        load = lambda p: torch.from_numpy(np.array(Image.open(p).convert("RGB")).transpose(2, 0, 1).copy())  # noqa: E731
-        return {"inputs": torch.stack([load(p) for p in frames]), "target": load(d / "target.png")}
+    def __getitem__(self, request: ItemRequest) -> dict:
+        rng = np.random.default_rng(request.aug_seed)
+        frames = rng.permutation(self.like.sequence_length)[:request.k] if self.like.augment else range(request.k)
+        d = self.dirs[request.index]
+        load = lambda p: np.asarray(Image.open(p).convert("RGB"))  # noqa: E731
+        inputs, target = self.like._geometry(rng, np.stack([load(d / f"{j}.png") for j in frames]), load(d / "target.png"))
+        return {"inputs": _to_tensor(inputs), "target": _to_tensor(target[None])[0], "sequence_id": request.index}
 
 
 def synthetic_records(n: int, k: int, size: int, seed: int = 0) -> tuple[list[SequenceRecord], dict]:
@@ -118,15 +128,30 @@ def dir_bytes(root: Path, pattern: str) -> int:
     return sum(p.stat().st_size for p in root.rglob(pattern))
 
 
-def time_loader(loader) -> float:
-    """Sequences per second through one iterator (the first batch, with worker start-up, excluded)."""
-    n, start = 0, None
+def time_loader(loader) -> tuple[float, float]:
+    """(sequences per second, sequences per CPU-second) through one iterator, both from the end of
+    the first batch (worker start-up excluded) to the last. CPU time is that of this process and
+    its workers: what the loader costs, whatever else the machine runs."""
+    procs: list[psutil.Process] = []
+
+    def cpu() -> dict[int, float]:
+        times = {}
+        for proc in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times[proc.pid] = sum(proc.cpu_times()[:2])
+        return times
+
+    n, start, first, last = 0, None, {}, {}
     for batch in loader:
-        if start is None:
-            start = time.perf_counter()
+        if start is None:  # the workers are up: list them once (walking /proc every batch costs ms)
+            procs = [psutil.Process(), *psutil.Process().children(recursive=True)]
+            start, first = time.perf_counter(), cpu()
             continue
         n += batch["inputs"].shape[0]
-    return n / (time.perf_counter() - start)
+        last.update(cpu())  # the workers exit with the iterator: sample them while they live
+    wall = time.perf_counter() - start
+    used = sum(t - first.get(pid, 0.0) for pid, t in last.items())
+    return n / wall, n / used
 
 
 def training_consumption(crop: int, batch: int, k: int, steps: int) -> float:
@@ -189,17 +214,18 @@ def main() -> None:
         for epoch in range(args.epochs):
             sampler.set_epoch(epoch)
             batches += list(sampler)
-        png_batches = [[r.index for r in b] for b in batches]
-        loaders = {
-            "v2": lambda: make_loader(ShardSetDataset(tmp / "v2", crop=None, augment=True), batches, num_workers=args.workers),
-            "v1": lambda: make_loader(ShardSetDataset(tmp / "v1", crop=None, augment=True), batches, num_workers=args.workers),
-            "png": lambda: DataLoader(PngFolder(tmp / "png"), batch_sampler=png_batches, num_workers=args.workers,
-                                      prefetch_factor=4),
-        }
+        datasets = {"v2": ShardSetDataset(tmp / "v2", crop=None, augment=True),
+                    "v1": ShardSetDataset(tmp / "v1", crop=None, augment=True)}
+        datasets["png"] = PngFolder(tmp / "png", like=datasets["v2"])
+        firsts = [collate_sets([ds[r] for r in batches[0]]) for ds in datasets.values()]
+        assert all(torch.equal(f["inputs"], firsts[0]["inputs"]) for f in firsts), "the loaders must deliver the same"
+        loaders = {name: (lambda ds=ds: make_loader(ds, batches, num_workers=args.workers)) for name, ds in datasets.items()}
         rate = {name: 0.0 for name in loaders}
+        cpu_rate = dict(rate)
         for _ in range(2):
             for name, make in loaders.items():
-                rate[name] = max(rate[name], time_loader(make()))
+                wall, per_cpu = time_loader(make())
+                rate[name], cpu_rate[name] = max(rate[name], wall), max(cpu_rate[name], per_cpu)
         size = {"v2": dir_bytes(tmp / "v2", "*.h5"), "v1": dir_bytes(tmp / "v1", "*.h5"),
                 "png": dir_bytes(tmp / "png", "*.png"), "png_masks": dir_bytes(tmp / "png", "mask-*.png")}
         size = {k: v / args.sequences for k, v in size.items()}
@@ -211,6 +237,8 @@ def main() -> None:
         "masks": mask_names, "data": str(args.dataset) if args.dataset else "smooth test sequences",
         "hdf5_seq_per_s": rate["v2"], "hdf5_v1_seq_per_s": rate["v1"], "png_seq_per_s": rate["png"],
         "hdf5_over_png": rate["v2"] / rate["png"], "hdf5_v1_over_png": rate["v1"] / rate["png"],
+        "hdf5_seq_per_cpu_s": cpu_rate["v2"], "hdf5_v1_seq_per_cpu_s": cpu_rate["v1"],
+        "png_seq_per_cpu_s": cpu_rate["png"], "hdf5_over_png_cpu": cpu_rate["v2"] / cpu_rate["png"],
         "hdf5_bytes_per_seq": size["v2"], "hdf5_v1_bytes_per_seq": size["v1"], "png_bytes_per_seq": size["png"],
         "png_mask_bytes_per_seq": size["png_masks"], "hdf5_write_s_per_seq": write_s,
         "train_seq_per_s": train_rate, "hdf5_over_train": rate["v2"] / train_rate,
@@ -218,15 +246,16 @@ def main() -> None:
     }
     print(f"loader throughput, {args.sequences} sequences of K={args.length} at {args.resolution} px "
           f"({figures['data']}), masks {','.join(mask_names) or '-'}, batch {args.batch}, {args.workers} workers")
-    print(f"  shards, schema {SCHEMA_VERSION}: {rate['v2']:8.1f} seq/s   {size['v2'] / 1e6:6.3f} MB/seq   "
-          f"(written at {write_s * 1e3:.0f} ms/seq)")
-    print(f"  shards, schema 1: {rate['v1']:8.1f} seq/s   {size['v1'] / 1e6:6.3f} MB/seq")
-    print(f"  PNG folder      : {rate['png']:8.1f} seq/s   {size['png'] / 1e6:6.3f} MB/seq "
+    print(f"  shards, schema {SCHEMA_VERSION}: {rate['v2']:7.1f} seq/s {cpu_rate['v2']:7.1f} seq/CPU-s "
+          f"{size['v2'] / 1e6:6.3f} MB/seq (written at {write_s * 1e3:.0f} ms/seq)")
+    print(f"  shards, schema 1: {rate['v1']:7.1f} seq/s {cpu_rate['v1']:7.1f} seq/CPU-s {size['v1'] / 1e6:6.3f} MB/seq")
+    print(f"  PNG folder      : {rate['png']:7.1f} seq/s {cpu_rate['png']:7.1f} seq/CPU-s {size['png'] / 1e6:6.3f} MB/seq "
           f"(masks {size['png_masks'] / 1e6:.3f} of it)")
     ok = lambda cond: "met" if cond else "MISSED"  # noqa: E731
     print(f"  bytes, shards / PNG: {size['v2'] / size['png']:.2f} (goal <= 1: {ok(size['v2'] <= size['png'])})")
-    print(f"  speed, shards / PNG: {rate['v2'] / rate['png']:.1f}x (goal >= 3x: {ok(rate['v2'] >= 3 * rate['png'])}); "
-          f"schema 1 / PNG: {rate['v1'] / rate['png']:.1f}x")
+    speed, cpu_speed = rate["v2"] / rate["png"], cpu_rate["v2"] / cpu_rate["png"]
+    print(f"  speed, shards / PNG: {speed:.1f}x in seq/s (goal >= 3x: {ok(speed >= 3)}), {cpu_speed:.1f}x per "
+          f"CPU-second (goal >= 3x: {ok(cpu_speed >= 3)}); schema 1 / PNG: {rate['v1'] / rate['png']:.1f}x in seq/s")
     print(f"  training consumes {train_rate:.2f} seq/s ({figures['train_step']}); loader / training: "
           f"{rate['v2'] / train_rate:.0f}x (goal >= 10x: {ok(rate['v2'] >= 10 * train_rate)})")
     if args.json:

@@ -70,7 +70,7 @@ def summarize(path: Path) -> str:
 
 
 def storage_line(storage: dict[str, dict], n: int) -> str:
-    """'inputs 0.612 MB/seq zstd(6) +target_sub, ...; fletcher32 on every chunk' from ShardReader.storage().
+    """'inputs 0.560 MB/seq zstd(6) predictor target_up, ...; fletcher32 on every chunk' from ShardReader.storage().
 
     The masks are summed into one entry; sequence_id and params are a few hundred bytes a sequence
     (params' strings live in HDF5's global heap, counted only in the file's size)."""

@@ -116,7 +116,7 @@ def test_v2_round_trip_every_dataset_checked(tmp_path, with_target):
     path = write_shard(tmp_path / "s.h5", recs, source="synthetic" if with_target else "real", **ATTRS)
     with ShardReader(path) as reader:
         assert reader.attrs["schema_version"] == SCHEMA_VERSION == 2
-        assert reader.predictors == ({"inputs": "target_sub", "target": "sub"} if with_target else {"inputs": "sub"})
+        assert reader.predictors == ({"inputs": "target_up", "target": "up"} if with_target else {"inputs": "up"})
         for row, want in enumerate(recs):
             assert_same(reader.read(row), want)
         sub = reader.read(1, frames=[2, 0])
@@ -318,7 +318,7 @@ def test_inspect_prints_bytes_per_sequence_and_compression(tmp_path, capsys):
     out = capsys.readouterr().out
     per_seq = sum(p.stat().st_size for p in (v2 / "shards").glob("*.h5")) / NUM / 1e6
     assert f"{NUM} sequences in 3 shard(s), {per_seq:.3f} MB/sequence" in out
-    assert "schema 2: inputs" in out and "zstd(6) predictor target_sub" in out
+    assert "schema 2: inputs" in out and "zstd(6) predictor target_up" in out
     assert "fletcher32 on every chunk" in out and "masks" in out
     assert inspect_main([str(shard_path(v1, 0))]) == 0
     out = capsys.readouterr().out

