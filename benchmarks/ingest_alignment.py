@@ -20,6 +20,7 @@ Goals (issue 13): >= 97 % of genuine photos kept, 100 % of intruders rejected, r
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -37,6 +38,8 @@ from tests.semireal import make_sequence, residuals  # noqa: E402
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.combine:
+        return report(*_combined(args.combine), args)
     cv2.setNumThreads(1)
     size = (args.width, args.height)
     if args.megapixels:
@@ -84,8 +87,38 @@ def run(args: argparse.Namespace) -> None:
             print(f"  seq {s}: {cap.info['table']:6s} kept {sum(n in accepted for n in cap.photo_names)}/"
                   f"{len(cap.photos)}, intruder kept {sum(n in accepted for n in names if n.startswith('INTRUDER'))}, "
                   f"outline {quads[-1][1]}", flush=True)
-    print(f"\nsemi-real sequences: {args.sequences} x {args.photos} photos + 1 intruder, {size[0]}x{size[1]} px, "
-          f"output short side {args.resolution}")
+    raw = {"sequences": args.sequences, "photos": args.photos, "size": list(size), "resolution": args.resolution,
+           "kept": kept, "genuine": genuine, "intruders": intruders, "intruders_kept": intruders_kept,
+           "errs_mean": errs_mean, "errs_max": errs_max, "seconds": seconds, "photos_read": photos_read,
+           "reasons": reasons, "quads": [[q, str(src)] for q, src in quads], "margins": margins}
+    if args.json:
+        args.json.write_text(json.dumps(raw) + "\n")
+    report(raw, args)
+
+
+def _combined(paths: list[Path]) -> tuple[dict]:
+    """Several runs' --json outputs (e.g. seeds 0-9 and 10-19, each under 10 minutes) as one."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    out = dict(runs[0])
+    for r in runs[1:]:
+        for key in ("sequences", "kept", "genuine", "intruders", "intruders_kept", "seconds", "photos_read"):
+            out[key] += r[key]
+        for key in ("errs_mean", "errs_max", "quads"):
+            out[key] = out[key] + r[key]
+        for kind in ("genuine", "intruder"):
+            out["margins"][kind] = out["margins"][kind] + r["margins"][kind]
+        for reason, n in r["reasons"].items():
+            out["reasons"][reason] = out["reasons"].get(reason, 0) + n
+    return (out,)
+
+
+def report(raw: dict, args: argparse.Namespace) -> None:
+    kept, genuine, intruders, intruders_kept = raw["kept"], raw["genuine"], raw["intruders"], raw["intruders_kept"]
+    errs_mean, errs_max, seconds, photos_read = raw["errs_mean"], raw["errs_max"], raw["seconds"], raw["photos_read"]
+    reasons, margins, size = raw["reasons"], raw["margins"], raw["size"]
+    quads = [(q, src) for q, src in raw["quads"]]
+    print(f"\nsemi-real sequences: {raw['sequences']} x {raw['photos']} photos + 1 intruder, {size[0]}x{size[1]} px, "
+          f"output short side {raw['resolution']}")
     print(f"genuine photos kept: {kept}/{genuine} = {100 * kept / max(genuine, 1):.1f} %   (goal >= 97 %)")
     print(f"intruders rejected: {intruders - intruders_kept}/{intruders} = "
           f"{100 * (intruders - intruders_kept) / max(intruders, 1):.1f} %   (goal 100 %)")
@@ -103,9 +136,10 @@ def run(args: argparse.Namespace) -> None:
     print(f"cover outline found in {len(found)}/{len(quads)} references; corner error / image diagonal: "
           + (f"median {np.median(found):.4f}, worst {max(found):.4f}, within 1 %: {sum(q <= 0.01 for q in found)}"
              if found else "-"))
-    if args.margins and margins["genuine"]:
+    if margins["genuine"]:
         g, i = np.array(margins["genuine"]), np.array(margins["intruder"]) if margins["intruder"] else np.zeros((0, 3))
-        print("trust-check margins, every threshold off (genuine: 1st percentile / min; intruder: max):")
+        print("trust-check margins, thresholds off (rightly aligned genuine photos: 1st percentile / min; "
+              "intruders passing geometry: max):")
         for j, name in enumerate(("inliers", "spread", "agreement")):
             imax = f"{i[:, j].max():.3f}" if len(i) else "-"
             print(f"  {name:9s} genuine {np.percentile(g[:, j], 1):.3f} / {g[:, j].min():.3f}   intruder {imax}   "
@@ -113,16 +147,19 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _margins(cap, cfg: AlignConfig, out: dict) -> None:
-    """Trust measures of every photo with every threshold off (the cover's true outline as region)."""
+    """Trust measures with every threshold off (the cover's true outline as region): of the genuine
+    photos whose alignment is right (residual RMS < 1 px), and of the intruders that pass the
+    geometric plausibility checks (the rest are rejected whatever the thresholds)."""
     loose = replace(cfg, min_inliers=4, min_spread=0.0, min_agreement=-1.0)
     anchor = set_region(prepare(cap.reference, loose), cap.quad)
-    for kind, photos in (("genuine", cap.photos), ("intruder", cap.intruders)):
-        for photo in photos:
-            r = align(anchor, prepare(photo, loose), loose)
-            row = (r.inliers, r.checks.get("spread", 0.0), r.agreement if r.agreement is not None else -1.0)
-            if kind == "intruder" and r.reason:  # rejected anyway (geometry): no margin to report
-                continue
-            out[kind].append(row)
+    for i, photo in enumerate(cap.photos):
+        r = align(anchor, prepare(photo, loose), loose)
+        if r.ok and np.sqrt(np.mean(residuals(r.homography, cap.truth[i], cap.quad) ** 2)) < 1.0:
+            out["genuine"].append((r.inliers, r.checks["spread"], r.agreement if r.agreement is not None else -1.0))
+    for photo in cap.intruders:
+        r = align(anchor, prepare(photo, loose), loose)
+        if r.ok:
+            out["intruder"].append((r.inliers, r.checks["spread"], r.agreement if r.agreement is not None else -1.0))
 
 
 def main() -> None:
@@ -136,6 +173,8 @@ def main() -> None:
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--margins", action="store_true", help="also measure the trust checks with thresholds off")
     ap.add_argument("--quick", action="store_true", help="6 sequences at 640x480")
+    ap.add_argument("--json", type=Path, help="also write the raw results here (for --combine)")
+    ap.add_argument("--combine", type=Path, nargs="+", help="report several runs' --json files as one; runs nothing")
     args = ap.parse_args()
     if args.quick:
         args.sequences, args.width, args.height = 6, 640, 480

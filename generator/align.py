@@ -32,8 +32,9 @@ homography returned is in full-resolution pixel coordinates of the two images gi
 centres at integers, as OpenCV's warps use).
 
 Used by `drs-ingest` (generator/ingest.py) and `drs-restore --align` (trainer/restore.py); imports
-only NumPy and OpenCV. The cover's quadrilateral and the rectifying map live in
-generator/cover_quad.py and are re-exported here, so trainer/ imports only this module.
+only NumPy and OpenCV. The cover's quadrilateral and the rectifying map (generator/cover_quad.py)
+and the resampling of aligned photos (generator/warp.py) are re-exported here, so trainer/
+imports only this module.
 """
 
 from __future__ import annotations
@@ -45,10 +46,21 @@ import cv2
 import numpy as np
 
 from generator.cover_quad import QuadResult, find_quad, flat_size, parse_corners, quad_aspect, rectify_map
+from generator.warp import (
+    common_square,
+    largest_rect,
+    largest_square,
+    render_crop,
+    render_view,
+    scale_matrix,
+    valid_mask,
+    warp_to_anchor,
+)
 
-__all__ = ["AlignConfig", "Alignment", "Frame", "QuadResult", "align", "common_square", "find_quad", "flat_size",
-           "central_region", "largest_rect", "largest_square", "parse_corners", "prepare", "project", "quad_aspect", "rectify_map",
-           "render_crop", "render_view", "set_region", "valid_mask", "warp_to_anchor", "work_copy"]
+__all__ = ["AlignConfig", "Alignment", "Frame", "QuadResult", "align", "central_region", "common_square",
+           "find_quad", "flat_size", "largest_rect", "largest_square", "parse_corners", "prepare", "project",
+           "quad_aspect", "rectify_map", "render_crop", "render_view", "scale_matrix", "set_region", "valid_mask",
+           "warp_to_anchor", "work_copy"]
 
 METHODS = ("sift", "orb")
 AGREEMENT_PERCENTILE = 90  # of the cell correlations (see agreement())
@@ -116,6 +128,7 @@ class Frame:
     texture: np.ndarray | None = None
     region: np.ndarray | None = None  # float32 (4, 2) work px: the object's quadrilateral (set_region)
     region_mask: np.ndarray | None = None  # bool (h, w), inside `region`
+    ecc_in_region: bool = True  # False: the region judges the photo, but ECC fits the whole anchor
 
     @property
     def work_size(self) -> tuple[int, int]:
@@ -166,11 +179,6 @@ def to_grey(image: np.ndarray) -> np.ndarray:
     if img.ndim == 3:
         img = img[..., 0] * 0.299 + img[..., 1] * 0.587 + img[..., 2] * 0.114
     return np.ascontiguousarray(img)
-
-
-def scale_matrix(sx: float, sy: float) -> np.ndarray:
-    """Map of pixel centres under a resize by (sx, sy): x' = (x + 0.5) * sx - 0.5 (cv2.resize's convention)."""
-    return np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]], dtype=np.float64)
 
 
 def work_copy(image: np.ndarray, work_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -244,13 +252,16 @@ def central_region(size: tuple[int, int], fraction: float = 0.4) -> np.ndarray:
     return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float64)
 
 
-def set_region(anchor: Frame, quad: np.ndarray | None) -> Frame:
+def set_region(anchor: Frame, quad: np.ndarray | None, ecc_in_region: bool = True) -> Frame:
     """Restrict the anchor's checks to the object: quad float (4, 2), anchor full-resolution px (e.g.
     the cover's corners). Spread, overlap and agreement are then measured over the object only, and
     ECC looks only at the object's texture (a textured table moves with the object, but glare and
-    clutter on it do not help). None: the whole anchor. Returns the same frame."""
+    clutter on it do not help). None: the whole anchor. ecc_in_region=False: a region that only
+    judges (e.g. central_region, a guess): ECC still fits the whole anchor, or the homography would
+    be extrapolated from the centre to the borders. Returns the same frame."""
+    anchor.ecc_in_region = ecc_in_region
     if quad is None:
-        anchor.region = None
+        anchor.region = anchor.region_mask = None
         return anchor
     q = project(anchor.to_work, np.asarray(quad, np.float64)).astype(np.float32)
     mask = np.zeros(anchor.grey.shape, np.uint8)
@@ -335,17 +346,18 @@ def _ecc(anchor: Frame, photo: Frame, h_work: np.ndarray, cfg: AlignConfig,
     """
     warp = (h_work / h_work[2, 2]).astype(np.float32)
     criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, cfg.ecc_iterations, cfg.ecc_eps)
-    mask = _check_mask(anchor) if cells is None else _check_mask(anchor) & cells
+    mask = _check_mask(anchor, anchor.ecc_in_region)
+    mask = mask if cells is None else mask & cells
     cc, warp = cv2.findTransformECC(photo.normalised, anchor.normalised, warp, cv2.MOTION_HOMOGRAPHY, criteria,
                                     mask.astype(np.uint8), 1)
     refined = warp.astype(np.float64)
     return refined / refined[2, 2], float(cc)
 
 
-def _check_mask(anchor: Frame) -> np.ndarray:
+def _check_mask(anchor: Frame, in_region: bool = True) -> np.ndarray:
     """bool (h, w): the anchor pixels the photometric checks look at."""
     mask = anchor.texture if anchor.texture is not None else np.ones(anchor.grey.shape, bool)
-    return mask if anchor.region_mask is None else mask & anchor.region_mask
+    return mask if anchor.region_mask is None or not in_region else mask & anchor.region_mask
 
 
 def agreement(anchor: Frame, photo: Frame, h_work: np.ndarray, cfg: AlignConfig) -> tuple[float | None, int]:
@@ -364,14 +376,16 @@ def _percentile(grid: np.ndarray) -> tuple[float | None, int]:
     return float(np.percentile(ncc, AGREEMENT_PERCENTILE)), len(ncc)
 
 
-def cell_correlations(anchor: Frame, photo: Frame, h_work: np.ndarray, cfg: AlignConfig) -> np.ndarray:
+def cell_correlations(anchor: Frame, photo: Frame, h_work: np.ndarray, cfg: AlignConfig,
+                      in_region: bool = True) -> np.ndarray:
     """float (h // cell, w // cell) over the anchor's work image: the normalised cross-correlation of
     the two normalised images in each cell of `cfg.cell` px; NaN where less than a quarter of the
-    cell is textured (anchor texture, inside its region) and covered by the photo."""
+    cell is textured (anchor texture, inside its region unless in_region=False) and covered by the
+    photo."""
     aw, ah = anchor.work_size
     warped = cv2.warpPerspective(photo.normalised, h_work, (aw, ah), flags=cv2.INTER_LINEAR, borderValue=0)
     covered = cv2.warpPerspective(np.ones(photo.grey.shape, np.uint8), h_work, (aw, ah), flags=cv2.INTER_NEAREST)
-    valid = (_check_mask(anchor) & covered.astype(bool)).astype(np.float32)
+    valid = (_check_mask(anchor, in_region) & covered.astype(bool)).astype(np.float32)
     c = _cell(anchor, cfg)
     ch, cw = ah // c, aw // c
 
@@ -443,7 +457,8 @@ def align(anchor: Frame, photo: Frame, cfg: AlignConfig = AlignConfig()) -> Alig
     grid = cell_correlations(anchor, photo, h_work, cfg)
     res.agreement, res.checks["cells"] = _percentile(grid)
     if cfg.ecc:
-        res.refined, h_work = _refine(anchor, photo, h_work, src[inl], _agreeing_cells(anchor, grid, cfg), res, cfg)
+        ecc_grid = grid if anchor.ecc_in_region else cell_correlations(anchor, photo, h_work, cfg, in_region=False)
+        res.refined, h_work = _refine(anchor, photo, h_work, src[inl], _agreeing_cells(anchor, ecc_grid, cfg), res, cfg)
     else:
         res.refined = "off"
     if res.agreement is not None and res.agreement < cfg.min_agreement:
@@ -475,93 +490,3 @@ def _refine(anchor: Frame, photo: Frame, h_work: np.ndarray, inliers: np.ndarray
         return f"kept features: ECC agrees less ({score} < {res.agreement:.3f})", h_work
     res.agreement = score
     return "ecc", refined
-
-
-# ---------------------------------------------------------------------------------- warping, crop
-def warp_to_anchor(image: np.ndarray, homography: np.ndarray, anchor_size: tuple[int, int],
-                   border_value: float = 0.0) -> np.ndarray:
-    """Resample image (H, W[, C]) into the anchor's frame (W_a, H_a); pixels outside it = border_value."""
-    return cv2.warpPerspective(image, homography, anchor_size, flags=cv2.INTER_LINEAR,
-                               borderMode=cv2.BORDER_CONSTANT, borderValue=border_value)
-
-
-def valid_mask(photo_size: tuple[int, int], homography: np.ndarray, anchor_size: tuple[int, int],
-               margin: int = 2) -> np.ndarray:
-    """bool (H_a, W_a): anchor pixels the photo covers, shrunk by `margin` px (interpolation fringe)."""
-    w, h = photo_size
-    mask = warp_to_anchor(np.ones((h, w), np.uint8), homography, anchor_size)
-    if margin > 0:
-        mask = cv2.erode(mask, np.ones((2 * margin + 1, 2 * margin + 1), np.uint8), borderValue=0)
-    return mask.astype(bool)
-
-
-def largest_rect(mask: np.ndarray, aspect: float = 1.0) -> tuple[int, int, int, int]:
-    """(x, y, w, h) of the largest axis-aligned rectangle of width / height ~ `aspect` inside mask
-    (H, W) bool, the one nearest the centre among equals; all 0 when the mask is empty. Binary
-    search on the height with an integral image."""
-    hh, ww = mask.shape
-    integral = cv2.integral(mask.astype(np.uint8)).astype(np.int64)
-
-    def width(rh: int) -> int:
-        return max(1, round(rh * aspect))
-
-    def fits(rh: int) -> np.ndarray:
-        rw = width(rh)
-        if rw > ww or rh > hh:
-            return np.zeros((0, 0), bool)
-        sums = integral[rh:, rw:] - integral[:-rh, rw:] - integral[rh:, :-rw] + integral[:-rh, :-rw]
-        return sums == rh * rw  # (hh - rh + 1, ww - rw + 1): top-left corners where it fits
-
-    lo, hi = 0, min(hh, int(ww / aspect) + 1)
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if fits(mid).any():
-            lo = mid
-        else:
-            hi = mid - 1
-    if lo == 0:
-        return 0, 0, 0, 0
-    rw = width(lo)
-    ys, xs = np.nonzero(fits(lo))
-    d = (xs + rw / 2 - ww / 2) ** 2 + (ys + lo / 2 - hh / 2) ** 2
-    i = int(np.argmin(d))
-    return int(xs[i]), int(ys[i]), rw, lo
-
-
-def largest_square(mask: np.ndarray) -> tuple[int, int, int]:
-    """(x, y, side) of the largest axis-aligned square inside mask (H, W) bool (see largest_rect)."""
-    x, y, side, _ = largest_rect(mask, 1.0)
-    return x, y, side
-
-
-def common_square(sizes: list[tuple[int, int]], homographies: list[np.ndarray], anchor_size: tuple[int, int],
-                  margin: int = 2) -> tuple[int, int, int]:
-    """Largest square (x, y, side), anchor px, that every photo covers (photo sizes (W, H), homographies
-    photo px -> anchor px). The anchor itself is included by giving it the identity."""
-    aw, ah = anchor_size
-    common = np.ones((ah, aw), bool)
-    for size, h in zip(sizes, homographies, strict=True):
-        common &= valid_mask(size, h, anchor_size, margin)
-    return largest_square(common)
-
-
-def render_crop(image: np.ndarray, homography: np.ndarray, square: tuple[int, int, int], resolution: int) -> np.ndarray:
-    """The square (x, y, side) of the anchor's frame as seen in `image` (H, W, 3), resampled to
-    (resolution, resolution, 3), same dtype."""
-    x0, y0, side = square
-    s = resolution / side
-    # anchor px -> output px (pixel centres: anchor pixel x0 - 0.5 is the output's left edge)
-    to_out = np.array([[s, 0, s * (0.5 - x0) - 0.5], [0, s, s * (0.5 - y0) - 0.5], [0, 0, 1]])
-    return render_view(image, to_out @ homography, (resolution, resolution))
-
-
-def render_view(image: np.ndarray, to_out: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """`image` (H, W, C) resampled through to_out (3, 3: image px -> output px) into (size[1], size[0], C).
-
-    Warped at twice the output size, then area-averaged down: a plain bilinear warp straight to a
-    much smaller output would alias (it samples, it does not average).
-    """
-    w, h = size
-    up = scale_matrix(2.0, 2.0) @ to_out  # output px -> oversampled px, pixel centres kept
-    over = cv2.warpPerspective(image, up, (2 * w, 2 * h), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
-    return cv2.resize(over, (w, h), interpolation=cv2.INTER_AREA)

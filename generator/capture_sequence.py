@@ -197,7 +197,10 @@ def ingest_sequence(folder: Path, cfg: AlignConfig, resolution: int, min_photos:
         res.reason = f"{quad_record['reason']} (--rectify on; add {CORNERS_FILE} or use --rectify auto)"
         return res
     work_size = (anchor.small.shape[1], anchor.small.shape[0])
-    set_region(anchor_frame, quad if quad is not None else central_region(work_size))
+    if quad is not None:
+        set_region(anchor_frame, quad)
+    else:  # judge by the centre (where the cover lies), but fit the whole view
+        set_region(anchor_frame, central_region(work_size), ecc_in_region=False)
     res.timings["outline"] += time.perf_counter() - t
     t = time.perf_counter()
     accepted = []
