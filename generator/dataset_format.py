@@ -70,10 +70,12 @@ _FILTERS = {
     2: {**hdf5plugin.Zstd(clevel=6), "fletcher32": True},
 }
 PREDICTORS = ("none", "up", "target_up")  # the `predictor` attribute of inputs/target (absent: none)
+# Read, never written: the first schema-2 commit (b07ff1b) used PNG's Sub filter (left neighbour).
+_LEGACY_PREDICTORS = ("sub", "target_sub")
 
 
 class DatasetFormatError(Exception):
-    """A shard or manifest that does not follow schema version 1; the message names the file."""
+    """A shard or manifest that does not follow the schema; the message names the file."""
 
 
 @dataclass
@@ -264,9 +266,12 @@ def _decode(stored: np.ndarray, target: np.ndarray | None, predictor: str) -> np
     plus the decoded target. One vectorised add per row of all K images: 3x faster than np.cumsum."""
     if predictor == "none":
         return stored
-    for row in range(1, stored.shape[-3]):
-        stored[..., row, :, :] += stored[..., row - 1, :, :]
-    if predictor == "target_up":
+    if predictor in _LEGACY_PREDICTORS:
+        stored = np.cumsum(stored, axis=-2, dtype=np.uint8)
+    else:
+        for row in range(1, stored.shape[-3]):
+            stored[..., row, :, :] += stored[..., row - 1, :, :]
+    if predictor.startswith("target_"):
         stored += target
     return stored
 
@@ -308,7 +313,7 @@ class ShardReader:
         except (KeyError, OSError) as exc:
             self.close()
             raise DatasetFormatError(f"{self.path}: unreadable dataset header ({exc})") from exc
-        unknown = {n: p for n, p in self.predictors.items() if p not in PREDICTORS}
+        unknown = {n: p for n, p in self.predictors.items() if p not in PREDICTORS + _LEGACY_PREDICTORS}
         if unknown:
             self.close()
             raise DatasetFormatError(f"{self.path}: unknown predictor {unknown} (written by a newer version?)")

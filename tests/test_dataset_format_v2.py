@@ -323,3 +323,17 @@ def test_inspect_prints_bytes_per_sequence_and_compression(tmp_path, capsys):
     assert inspect_main([str(shard_path(v1, 0))]) == 0
     out = capsys.readouterr().out
     assert "schema 1: inputs" in out and " lzf" in out and "no checksums" in out
+
+
+def test_shards_of_the_first_schema_2_commit_still_read(tmp_path):
+    """b07ff1b stored PNG's Sub (left neighbour) where schema 2 now stores Up; such files exist."""
+    recs = records(0, 2)
+    path = write_shard(tmp_path / "s.h5", recs, **ATTRS)
+    sub = lambda x: np.concatenate([x[..., :1, :], x[..., 1:, :] - x[..., :-1, :]], axis=-2)  # noqa: E731
+    with h5py.File(path, "r+") as f:
+        f["inputs"].attrs["predictor"], f["target"].attrs["predictor"] = "target_sub", "sub"
+        for row, rec in enumerate(recs):
+            f["inputs"][row], f["target"][row] = sub(rec.inputs - rec.target), sub(rec.target)
+    with ShardReader(path) as reader:
+        for row, want in enumerate(recs):
+            assert_same(reader.read(row), want)
