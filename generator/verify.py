@@ -374,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
 
     code = run_command(prog, body, user_errors=(_RepairRefused,), on_interrupt=(
         "complete shards and shards moved to quarantine/ are kept, as are the sequences a repair had "
-        f"cached; rerun `drs-verify {args.dataset}{' --repair' if args.repair else ''}` to go on"))
+        f"cached; rerun `drs-verify {args.dataset}{' --upgrade' if args.upgrade else ''}"
+        f"{' --repair' if args.repair else ''}` to go on"))
     if code:
         return code
     report = done["report"]
