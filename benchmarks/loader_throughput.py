@@ -218,7 +218,8 @@ def main() -> None:
                     "v1": ShardSetDataset(tmp / "v1", crop=None, augment=True)}
         datasets["png"] = PngFolder(tmp / "png", like=datasets["v2"])
         firsts = [collate_sets([ds[r] for r in batches[0]]) for ds in datasets.values()]
-        assert all(torch.equal(f["inputs"], firsts[0]["inputs"]) for f in firsts), "the loaders must deliver the same"
+        assert all(torch.equal(f[key], firsts[0][key]) for f in firsts for key in ("inputs", "target")), \
+            "the three loaders must deliver the same batches"
         loaders = {name: (lambda ds=ds: make_loader(ds, batches, num_workers=args.workers)) for name, ds in datasets.items()}
         rate = {name: 0.0 for name in loaders}
         cpu_rate = dict(rate)
