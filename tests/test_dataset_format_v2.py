@@ -216,6 +216,32 @@ def test_trainer_raises_or_skips_and_counts_a_corrupt_chunk(tmp_path):
     assert torch.equal(batch["inputs"][2], torch.from_numpy(records(3, 1)[0].inputs).permute(0, 3, 1, 2))
 
 
+def test_drs_train_stops_on_or_skips_and_counts_one_flipped_byte(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from tests.fixtures_data import make_tiny_dataset
+    from trainer.train import train
+
+    data = make_tiny_dataset(tmp_path / "ds", num_sequences=8, sequences_per_shard=4)
+    flip_byte_in_chunk(shard_path(data, 1), "inputs", 2)  # sequence_id 6
+
+    def run(*overrides: str) -> dict:
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=["debug=tiny", f"data.train={data}", *overrides])
+        return train(cfg)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.raises(DatasetFormatError, match=r"shard-00001\.h5: dataset 'inputs', sequence row 2 \(sequence_id 6\)"):
+            run(f"out_dir={tmp_path / 'raise'}", "trainer.max_steps=8")
+        # 8 steps of batch 2 are two epochs of the 8 sequences: the bad one comes up twice.
+        summary = run(f"out_dir={tmp_path / 'skip'}", "trainer.max_steps=8", "data.on_corrupt=skip")
+    finally:
+        torch.set_num_threads(threads)
+    assert summary["step"] == 8 and summary["skipped_items"] == 2
+
+
 # ----------------------------------------------------------------------------------------------
 # drs-verify --upgrade
 
