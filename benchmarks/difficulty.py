@@ -7,10 +7,10 @@
 
 Arguments after the options are `drs-generate` overrides (any config group: scene=, camera=,
 covers.dir=, ...). Rendering goes to `--work` through the ordinary generator, so an interrupted run
-resumes: rerun the same command (or render one shard per call with `shard=I`, which scores the
-shards finished so far). Each sequence is scored with its first K images, K = 1, 3, 5, 9, for the
-per-pixel median and mean and Weiss 2001 (trainer/baselines.py), PSNR raw and after histogram
-matching to the target (trainer/metrics.py), averaged over sequences. The paper's figures are
+resumes: rerun the same command, or render one shard per call with `shard=I` (renders only; then
+`--eval-only` scores every finished shard). Each sequence is scored with its first K images,
+K = 1, 3, 5, 9, for the per-pixel median and mean and Weiss 2001 (trainer/baselines.py), PSNR raw
+and after histogram matching to the target (trainer/metrics.py), averaged over sequences. The paper's figures are
 from GUIDE section 4 (1,000 synthetic test sequences, 256 px); with one image median and mean are
 that image, so the paper's K=1 median figure stands for both. The calibration goal (issue 11):
 every median and mean cell the paper reports within 1 dB, Weiss within 3 dB.
@@ -134,6 +134,9 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="drs-generate overrides, e.g. scene=paper resolution=256")
     args = parser.parse_args()
     info = {} if args.eval_only else render(args.work, args.overrides)
+    if any(o.startswith("shard=") for o in args.overrides):
+        print(f"rendered {' '.join(args.overrides)} into {args.work} in {info['render_seconds']} s; score with --eval-only")
+        return
     start = time.perf_counter()
     scores, n = score(args.work)
     if n == 0:

@@ -56,7 +56,7 @@ class ReliefSpec:
     """The cover's surface relief, a bump map over the flat albedo (which stays the target).
     Heights are procedural noise in cover-width units: grain (fine), waves (broad), wrinkles."""
 
-    strength: float = 0.0  # Blender Bump node strength; 0: flat plane
+    strength: float = 0.0  # typical surface tilt, radians; 0: a flat plane
     grain_scale: float = 200.0  # noise frequency, per cover width
     wave_scale: float = 3.0
     wrinkles: float = 0.0  # weight of creases (0: none)
