@@ -72,8 +72,9 @@ def summarize(path: Path) -> str:
 def storage_line(storage: dict[str, dict], n: int) -> str:
     """'inputs 0.560 MB/seq zstd(6) predictor target_up, ...; fletcher32 on every chunk' from ShardReader.storage().
 
-    The masks are summed into one entry; sequence_id and params are a few hundred bytes a sequence
-    (params' strings live in HDF5's global heap, counted only in the file's size)."""
+    The masks are summed into one entry. Left out: sequence_id (8 bytes a sequence) and params,
+    whose strings (~12 KB a rendered sequence) live in HDF5's global heap, counted only in the
+    file's size."""
     groups: dict[str, list[dict]] = {}
     for name, info in storage.items():
         if name in ("inputs", "target") or name.startswith("masks/"):
