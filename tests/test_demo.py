@@ -22,3 +22,4 @@ def test_demo_writes_every_promised_file(tmp_path):
         assert (demo / name).stat().st_size > 0, name
         assert str(demo / name) in run.stdout  # it says where each file is
     assert "| median |" in (demo / "eval" / "metrics.md").read_text()
+    assert "network against the best baseline" in run.stdout and "K=9: network" in run.stdout
