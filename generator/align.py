@@ -243,7 +243,7 @@ def prepare(image: np.ndarray, cfg: AlignConfig = AlignConfig()) -> Frame:
     return Frame((w, h), to_work, grey, pts, desc, norm, texture)
 
 
-def central_region(size: tuple[int, int], fraction: float = 0.4) -> np.ndarray:
+def central_region(size: tuple[int, int], fraction: float = 0.3) -> np.ndarray:
     """(4, 2) px: the centred rectangle of `fraction` of an image's width and height (size (W, H)),
     where the object lies when its outline is unknown (the capture protocol centres it). Without
     it, a photo of another cover on the same textured table would agree with the table."""

@@ -146,8 +146,8 @@ class Aligner:
     not cover, so the set mean there is not darkened. Deterministic: "multi" calls it per pass.
 
     rectify: "auto" finds the cover's outline (generator/cover_quad.py) in the anchor or, when glare
-    or a hand spoils it there, in the aligned photo that shows it best (mapped through that photo's
-    homography), and outputs the flat, front-on cover at its own aspect ratio (`to_out`, anchor px
+    or a hand spoils it there, in the per-pixel median of the aligned photos (at most 512 px, where
+    each photo's occluders and glare are outvoted), and outputs the flat, front-on cover at its own aspect ratio (`to_out`, anchor px
     -> output px; `out_size`); "off" keeps the anchor's frame; `corners` (4, 2) anchor px give the
     outline. `outline` says what happened (for the console).
     """
@@ -155,7 +155,7 @@ class Aligner:
     def __init__(self, paths: Sequence[Path], size: tuple[int, int], anchor: int = 0, cfg=None,
                  progress: bool = True, rectify: str = "auto", corners: np.ndarray | None = None):
         # cv2: only needed with --align
-        from generator.align import AlignConfig, align, find_quad, prepare, project, set_region
+        from generator.align import AlignConfig, align, find_quad, prepare, set_region
 
         if not 0 <= anchor < len(paths):
             raise RestoreError(f"--align-to {anchor}: there are {len(paths)} photos (indices 0..{len(paths) - 1})")
@@ -174,7 +174,8 @@ class Aligner:
         # Without an outline, the whole anchor photo counts (the photos were chosen by the user; a
         # central region, as drs-ingest uses against intruders, would extrapolate to the borders).
         set_region(anchor_frame, quad)
-        seen: list[tuple[float, np.ndarray, Path]] = []  # outlines found in other photos (support, quad, photo)
+        look = quad is None and rectify == "auto" and corners is None
+        median = _MedianView(size) if look else None  # the aligned photos, small, for the outline
         self.paths: list[Path] = []
         self.homographies: list[np.ndarray] = []
         self.rejected: list[tuple[Path, str]] = []
@@ -185,18 +186,19 @@ class Aligner:
                 img = _to_hwc(load_image(p, size))
                 res = align(anchor_frame, prepare(img, cfg), cfg)
                 h, reason = res.homography, res.reason
-                if reason is None and quad is None and rectify == "auto" and corners is None:
-                    other = find_quad(img)
-                    if other.quad is not None:
-                        seen.append((other.support, project(h, other.quad), Path(p)))
+                if reason is None and median is not None:
+                    median.add(img, h)
+            if i == anchor and median is not None:
+                median.add(self.anchor, h)
             if reason is None:
                 self.paths.append(Path(p))
                 self.homographies.append(h)
             else:
                 self.rejected.append((Path(p), reason))
-        if quad is None and seen:
-            support, quad, where = max(seen, key=lambda t: t[0])
-            how = f"the outline found in {where.name} (none in the anchor {self.anchor_path.name}: {how})"
+        if median is not None and median.count >= 3:
+            found = median.find_quad()
+            if found is not None:
+                quad, how = found, f"the outline found in the median of the aligned photos (not in the anchor: {how})"
         if quad is not None:
             self._rectify(quad, size, how)
         elif rectify == "off" and corners is None:
@@ -240,6 +242,42 @@ class Aligner:
         # warped already holds cover * photo; the rest of each pixel's weight goes to the anchor.
         warped += (1 - cover)[..., None] * (self.anchor.astype(np.float32) / 255.0)
         return torch.from_numpy(warped).permute(2, 0, 1).contiguous()
+
+
+class _MedianView:
+    """The aligned photos at most 512 px on the long side, in the anchor's frame, for a per-pixel
+    median: one occluder or glare per photo is outvoted, the cover's outline stays (uint8, K small
+    images: a few MB for dozens of photos)."""
+
+    SIDE = 512
+
+    def __init__(self, size: tuple[int, int]):
+        from generator.align import scale_matrix
+
+        self.scale = min(1.0, self.SIDE / max(size))
+        self.small = (max(1, round(size[0] * self.scale)), max(1, round(size[1] * self.scale)))
+        self.to_small = scale_matrix(self.small[0] / size[0], self.small[1] / size[1])
+        self.frames: list[np.ndarray] = []
+
+    @property
+    def count(self) -> int:
+        return len(self.frames)
+
+    def add(self, img: np.ndarray, h: np.ndarray) -> None:
+        """img float (H, W, 3) at the stream size, h: its homography onto the anchor."""
+        import cv2
+
+        small = cv2.resize(np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8), self.small, interpolation=cv2.INTER_AREA)
+        m = self.to_small @ h @ np.linalg.inv(self.to_small)
+        self.frames.append(cv2.warpPerspective(small, m, self.small, flags=cv2.INTER_LINEAR,
+                                               borderMode=cv2.BORDER_REPLICATE))
+
+    def find_quad(self) -> np.ndarray | None:
+        """The outline in the median, anchor px; None if not found."""
+        from generator.align import find_quad, project
+
+        found = find_quad(np.median(np.stack(self.frames), axis=0).astype(np.uint8))
+        return None if found.quad is None else project(np.linalg.inv(self.to_small), found.quad)
 
 
 def _to_hwc(img: torch.Tensor) -> np.ndarray:
