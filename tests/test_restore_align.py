@@ -189,3 +189,25 @@ def test_align_outputs_the_flat_cover_or_says_why_not(tmp_path, capsys):
     assert restore.main(["--corners", "1,2,3", "--out", str(tmp_path / "bad.png"), *base]) == 2
     err = capsys.readouterr().err
     assert "--corners" in err and "expected 8 numbers" in err and not (tmp_path / "bad.png").exists()
+
+
+def test_outline_hidden_in_the_anchor_is_found_in_the_median_of_the_photos(tmp_path, capsys):
+    """A hand over a corner of the cover in the anchor photo: its own outline is gone, but the
+    median of the aligned photos (each spoiled elsewhere) still shows the whole cover."""
+    from tests.semireal import make_sequence
+
+    cap = make_sequence(9, photos=5, intruders=0, photo_size=(480, 360), table="plain")
+    folder = tmp_path / "photos"
+    cap.write(folder)
+    (folder / "reference.jpg").unlink()
+    corner = cv2.perspectiveTransform(cap.quad[None], np.linalg.inv(cap.truth[0]))[0][2]  # bottom right
+    hand = cap.photos[0].copy()
+    cv2.circle(hand, tuple(int(v) for v in corner), 45, (200, 160, 140), -1)
+    Image.fromarray(hand).save(folder / "IMG_00.jpg", quality=92)
+    net = mean_net()
+    ckpt = save_checkpoint(tmp_path / "m.pt", model_state=net.state_dict(), arch=net.arch, arch_args=net.arch_args)
+    assert restore.main(["--align", "--checkpoint", str(ckpt), "--out", str(tmp_path / "o.png"), str(folder)]) == 0
+    err = capsys.readouterr().err
+    assert "rectified to the outline found in the median of the aligned photos" in err, err
+    w, h = Image.open(tmp_path / "o.png").size
+    assert w / h == pytest.approx(cap.aspect, rel=0.05)
