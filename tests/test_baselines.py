@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -98,14 +96,14 @@ def test_rpca_baseline_removes_sparse_occluders_under_changing_brightness():
     assert psnr(baselines.mean(frames), 0.9 * cover) < 30.0
 
 
-def test_weiss_and_rpca_are_fast_enough_at_256():
-    x = np.random.default_rng(6).random((9, 256, 256, 3)).astype(np.float32)
-    for fn, budget in ((baselines.weiss, 2.0), (baselines.rpca, 10.0)):
-        start = time.perf_counter()
-        fn(x)
-        # Budgets are ~10x the 2-core timings in the module docstring, so a loaded CI machine
-        # passes while an accidentally quadratic (e.g. full-matrix SVD) version does not.
-        assert time.perf_counter() - start < budget, fn.__name__
+def test_rpca_factorises_through_the_small_gram_matrix():
+    """RPCA's SVD of a (pixels x K) matrix must stay O(N K^2): u is (N, rank), never (N, N).
+    (Its speed is measured by drs-evaluate's runtime table, not here: timed tests flake on shared
+    machines.)"""
+    m = np.random.default_rng(6).random((256 * 256 * 3, 9)).astype(np.float32)
+    u, s, vt = baselines._thin_svd(m)
+    assert u.shape == (m.shape[0], 9) and s.shape == (9,) and vt.shape == (9, 9)
+    assert np.allclose((u * s.astype(np.float32)) @ vt.astype(np.float32), m, atol=1e-3)
 
 
 # -- gaps found by mutation testing (tools/mutation.py) ------------------------------------------
