@@ -160,3 +160,13 @@ def test_rpca_recovers_rank_two_at_any_scale():
 def test_rpca_tolerance_is_passed_on():
     x = np.random.default_rng(7).random((5, 8, 8, 3))
     assert not np.array_equal(baselines.rpca(x, tol=0.5), baselines.rpca(x))
+
+
+def test_rpca_lambda_is_passed_on():
+    """A sparse penalty far above the default leaves nothing sparse: everything goes to the low-rank part."""
+    rng = np.random.default_rng(8)
+    d = rng.standard_normal((100, 1)) @ rng.standard_normal((1, 10))
+    d[rng.random(d.shape) < 0.05] += 5.0
+    _, sparse_default = baselines.rpca_decompose(d)
+    _, sparse_heavy = baselines.rpca_decompose(d, lam=100.0)
+    assert np.abs(sparse_default).max() > 1.0 and not sparse_heavy.any()
