@@ -1,0 +1,89 @@
+"""drs-verify's per-shard checks one by one (generator/verify.py verify_shard), on real shards:
+each kind of damage is named with the detail a user needs, and nothing sound is flagged.
+
+Written from the gaps mutation testing found (tools/mutation.py): the end-to-end tests in
+tests/test_verify.py exercise whole datasets and did not pin these details down."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from generator.dataset_format import SequenceRecord, shard_entry, shard_path, write_shard
+from generator.verify import ShardProblem, verify_shard
+
+PER_SHARD = 2
+CONFIG = {"sequences_per_shard": PER_SHARD}
+
+
+def shard(root, index, ids):
+    """Shard `index` holding sequences `ids`; returns its manifest entry as the pipeline records it."""
+    recs = [SequenceRecord(i, np.full((2, 8, 8, 3), i, np.uint8), np.zeros((8, 8, 3), np.uint8),
+                           {"occluder": np.zeros((2, 8, 8), np.uint8)}, {}) for i in ids]
+    path = write_shard(shard_path(root, index), recs, seed=1, config=CONFIG, generator_version="t",
+                       blender_version="none")
+    return shard_entry(root, path, index * PER_SHARD, len(ids))
+
+
+def problems(root, index, entry, config=CONFIG):
+    return [(p.kind, p.detail) for p in verify_shard(root, index, entry, config)]
+
+
+def test_a_sound_shard_passes_gaps_included(tmp_path):
+    assert problems(tmp_path, 1, shard(tmp_path, 1, [2, 3])) == []
+    assert problems(tmp_path, 2, shard(tmp_path, 2, [5])) == []  # sequence 4 rejected by QA: a gap is fine
+    assert problems(tmp_path, 2, shard(tmp_path, 2, [5]), config=None) == []
+
+
+def test_missing_and_unrecorded_files(tmp_path):
+    assert problems(tmp_path, 0, None) == [("missing", "file absent and never recorded as finished")]
+    entry = shard(tmp_path, 0, [0, 1])
+    assert problems(tmp_path, 0, entry) == []
+    assert problems(tmp_path, 0, None) == [
+        ("unrecorded", "file present but no manifest part records it (an interrupted task?); "
+                       "expected manifest.parts/shard-00000.json")]
+    shard_path(tmp_path, 0).unlink()
+    assert problems(tmp_path, 0, entry) == [("missing", "file absent")]
+    [p] = verify_shard(tmp_path, 0, entry, CONFIG)
+    assert p == ShardProblem(0, "shards/shard-00000.h5", "missing", "file absent")
+
+
+def test_size_and_hash_mismatches_are_corrupt(tmp_path):
+    entry = shard(tmp_path, 0, [0, 1])
+    size = entry["bytes"]
+    assert problems(tmp_path, 0, {**entry, "bytes": size + 1}) == [("corrupt", f"{size} bytes, recorded {size + 1}")]
+    wrong = {**entry, "sha256": "ab" * 32}
+    assert problems(tmp_path, 0, wrong) == [
+        ("corrupt", f"sha256 {entry['sha256'][:12]}..., recorded {'ab' * 6}...")]
+
+
+def test_a_pending_upgrade_record_vouches_for_the_new_bytes_only(tmp_path):
+    """drs-verify --upgrade killed between its rename and its record: the part still names the old
+    file and carries the new one's size and hash under `upgrade`."""
+    entry = shard(tmp_path, 0, [0, 1])
+    old = {**entry, "bytes": entry["bytes"] + 7, "sha256": "cd" * 32}
+    assert problems(tmp_path, 0, {**old, "upgrade": {"bytes": entry["bytes"], "sha256": entry["sha256"]}}) == []
+    assert problems(tmp_path, 0, {**old, "upgrade": {"bytes": entry["bytes"], "sha256": "ef" * 32}})[0][0] == "corrupt"
+    assert problems(tmp_path, 0, {**old, "upgrade": {"bytes": 1, "sha256": entry["sha256"]}})[0][0] == "corrupt"
+
+
+def test_a_wrong_count_is_invalid(tmp_path):
+    entry = shard(tmp_path, 0, [0, 1])
+    [(kind, detail)] = problems(tmp_path, 0, {**entry, "count": 3})
+    assert kind == "invalid" and "3" in detail
+
+
+def test_sequence_ids_must_be_unique_ascending_and_in_the_shard_slice(tmp_path):
+    entry = shard(tmp_path, 1, [2, 3])
+    assert problems(tmp_path, 1, {**entry, "first_sequence_id": 3}) == [
+        ("invalid", "first_sequence_id 3, expected 2")]
+    for ids, span in (([2, 4], "[2, 4)"), ([1, 2], "[2, 4)"), ([3, 2], "[2, 4)"), ([2, 2], "[2, 4)")):
+        bad = shard(tmp_path, 1, ids)
+        assert problems(tmp_path, 1, bad) == [
+            ("invalid", f"sequence ids {ids}... not unique, ascending and in {span}")], ids
+    # Without the config only the lower bound and the order are known.
+    assert problems(tmp_path, 1, shard(tmp_path, 1, [2, 9]), config=None) == []
+    assert problems(tmp_path, 1, shard(tmp_path, 1, [3, 2]), config=None) == [
+        ("invalid", "sequence ids [3, 2]... not unique, ascending and in >= 2")]
+    # An entry without first_sequence_id (an older manifest) starts at the shard's first id.
+    no_first = {k: v for k, v in shard(tmp_path, 1, [2, 3]).items() if k != "first_sequence_id"}
+    assert problems(tmp_path, 1, no_first) == []
