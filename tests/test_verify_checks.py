@@ -6,10 +6,26 @@ tests/test_verify.py exercise whole datasets and did not pin these details down.
 
 from __future__ import annotations
 
-import numpy as np
+import json
 
-from generator.dataset_format import SequenceRecord, shard_entry, shard_path, write_shard
-from generator.verify import ShardProblem, verify_shard
+import numpy as np
+import pytest
+
+from generator.dataset_format import (
+    DatasetFormatError,
+    SequenceRecord,
+    shard_entry,
+    shard_path,
+    write_manifest,
+    write_shard,
+)
+from generator.verify import (
+    ShardProblem,
+    expected_entries,
+    expected_shard_count,
+    verify_dataset,
+    verify_shard,
+)
 
 PER_SHARD = 2
 CONFIG = {"sequences_per_shard": PER_SHARD}
@@ -87,3 +103,36 @@ def test_sequence_ids_must_be_unique_ascending_and_in_the_shard_slice(tmp_path):
     # An entry without first_sequence_id (an older manifest) starts at the shard's first id.
     no_first = {k: v for k, v in shard(tmp_path, 1, [2, 3]).items() if k != "first_sequence_id"}
     assert problems(tmp_path, 1, no_first) == []
+
+
+# -- a dataset known only by its manifest.json (no manifest.parts/: drs-ingest output, or a copy) --
+
+
+def manifest_only(root, shards, config, **extra):
+    entries = [shard(root, i, ids) for i, ids in shards.items()]
+    return write_manifest(root, seed=1, config=config, shards=entries, **extra)
+
+
+def test_manifest_only_dataset_uses_the_manifest_config_and_missing_shards(tmp_path):
+    # Shard 1 holds id 5, outside its slice [2, 4): only the manifest's config can tell.
+    manifest_only(tmp_path, {0: [0, 1], 1: [2, 5]}, {"sequences_per_shard": PER_SHARD}, missing_shards=[3])
+    count, entries, config = expected_entries(tmp_path)
+    assert count == 4 and config == {"sequences_per_shard": PER_SHARD}
+    assert entries[2] is None and entries[3] is None and entries[0]["file"] == "shards/shard-00000.h5"
+    report = verify_dataset(tmp_path, merge=False, progress=False)
+    assert report.dataset == str(tmp_path)
+    assert [(p.index, p.kind) for p in report.problems] == [(1, "invalid"), (2, "missing"), (3, "missing")]
+
+
+def test_a_manifest_entry_without_a_shard_file_name_is_an_error(tmp_path):
+    manifest = manifest_only(tmp_path, {0: [0, 1]}, {})
+    manifest["shards"][0]["file"] = "shards/other.h5"
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DatasetFormatError, match=rf"^{tmp_path / 'manifest.json'}: shard entry .*other.h5.* has no shard-N.h5 file$"):
+        expected_entries(tmp_path)
+
+
+def test_expected_shard_count():
+    assert expected_shard_count({"num_sequences": 5, "sequences_per_shard": 2}, [0]) == 3
+    assert expected_shard_count({"num_sequences": 4}, [0, 6, 2]) == 7  # incomplete config: what is known
+    assert expected_shard_count(None, []) == 0
