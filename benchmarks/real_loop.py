@@ -70,7 +70,8 @@ def evaluate(checkpoint: Path, test: Path, out: Path, k: int) -> dict[str, float
 
 
 def real_loop(out: Path, *, train_covers: int, val_covers: int, test_covers: int, photos: int,
-              photo_size: tuple[int, int], resolution: int, steps: int, crop: int, batch: int = 4) -> dict:
+              photo_size: tuple[int, int], resolution: int, steps: int, crop: int, batch: int = 4,
+              lr: float = 1e-4) -> dict:
     """Run the loop into `out`; returns {"before": metrics, "after": metrics, "k": K, paths...}."""
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -95,7 +96,7 @@ def real_loop(out: Path, *, train_covers: int, val_covers: int, test_covers: int
         f"data.val={data['val']}", f"out_dir={out / 'finetune'}", f"trainer.max_steps={steps}", f"data.crop={crop}",
         f"data.k_max={k}", f"data.batch_size={batch}", "data.num_workers=0", f"trainer.val_every={every}",
         f"trainer.ckpt_every={every}", f"trainer.log_every={every}", f"optim.warmup_steps={max(1, steps // 10)}",
-        "optim.lr=1e-4")
+        f"optim.lr={lr}")
     tuned = out / "finetune" / "checkpoints" / "best.pt"
     after = evaluate(tuned, data["test"], out / "eval_finetuned", k)
     photos_in = sorted(str(p) for p in (out / "held_out").glob("IMG_*.jpg"))
@@ -137,17 +138,18 @@ def main() -> None:
     ap.add_argument("--photos", type=int, default=8)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--resolution", type=int, default=128, help="drs-ingest --resolution (short side)")
+    ap.add_argument("--lr", type=float, default=1e-4, help="fine-tuning learning rate (experiment=finetune: 2e-5)")
     ap.add_argument("--quick", action="store_true", help="6 training covers, 3 test covers, 60 steps")
     args = ap.parse_args()
     if args.quick:
         args.train_covers, args.test_covers, args.steps = 6, 3, 60
     r = real_loop(args.out, train_covers=args.train_covers, val_covers=2, test_covers=args.test_covers,
                   photos=args.photos, photo_size=(640, 480), resolution=args.resolution, steps=args.steps,
-                  crop=min(96, args.resolution))
+                  crop=min(96, args.resolution), lr=args.lr)
     b, a = r["before"], r["after"]
     print(f"\nheld-out semi-real test sequences ({args.test_covers} covers, K={r['k']}, {args.resolution} px short side):")
     print(f"  packaged weights ({PACKAGED_WEIGHTS.name}): PSNR {b['psnr']:.2f} dB (histogram-matched {b['psnr_matched']:.2f})")
-    print(f"  fine-tuned, {args.steps} steps:            PSNR {a['psnr']:.2f} dB (histogram-matched {a['psnr_matched']:.2f})")
+    print(f"  fine-tuned, {args.steps} steps, lr {args.lr:g}:  PSNR {a['psnr']:.2f} dB (histogram-matched {a['psnr_matched']:.2f})")
     print(f"  per-pixel median:                 PSNR {b['median_psnr']:.2f} dB")
     print(f"  comparison picture: {r['comparison']}  ({r['seconds'] / 60:.1f} min)")
 

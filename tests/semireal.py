@@ -64,15 +64,19 @@ class SemiRealCapture:
 
 
 # ---------------------------------------------------------------------------------- the world
-def cover_picture(rng: np.random.Generator, height: int, aspect: float) -> np.ndarray:
-    """uint8 (height, round(height * aspect), 3): a book-cover-like picture."""
+def cover_picture(rng: np.random.Generator, height: int, aspect: float, avoid: str | None = None) -> tuple[np.ndarray, str]:
+    """(uint8 (height, round(height * aspect), 3), its source's name): a book-cover-like picture,
+    never from the picture `avoid` (an intruder must be another cover, not another print of it)."""
     w = max(8, round(height * aspect))
     if rng.random() < 0.3:
         from generator.covers import procedural_cover
 
+        name = "procedural"
         img = np.asarray(procedural_cover(rng, 512).convert("RGB"))
     else:
-        img = getattr(skdata, PICTURES[int(rng.integers(len(PICTURES)))])()
+        i = int(rng.integers(len(PICTURES)))
+        name = PICTURES[i] if PICTURES[i] != avoid else PICTURES[(i + 1) % len(PICTURES)]
+        img = getattr(skdata, name)()
         if img.ndim == 2:  # a grey print in a coloured ink
             img = (img[..., None] * rng.uniform(0.4, 1.0, 3)).astype(np.uint8)
     ih, iw = img.shape[:2]
@@ -92,7 +96,7 @@ def cover_picture(rng: np.random.Generator, height: int, aspect: float) -> np.nd
         draw.text((0.08 * w, band[1] + 0.04 * height), "THE SILENT RIVER", fill=ink, font=font)
         draw.rectangle((0, 0, w - 1, height - 1), outline=ink, width=max(1, height // 150))
         pic = np.asarray(im)
-    return np.ascontiguousarray(pic)
+    return np.ascontiguousarray(pic), name
 
 
 def table_texture(rng: np.random.Generator, kind: str, size: tuple[int, int]) -> np.ndarray:
@@ -122,8 +126,10 @@ def table_texture(rng: np.random.Generator, kind: str, size: tuple[int, int]) ->
     return np.clip(grey[..., None] * base, 0, 1).astype(np.float32)
 
 
-def world(rng: np.random.Generator, cover_px: int, table: str, aspect: float) -> tuple[np.ndarray, np.ndarray]:
-    """The table with the cover on it: (canvas float32 (H, W, 3), cover corners (4, 2) canvas px)."""
+def world(rng: np.random.Generator, cover_px: int, table: str, aspect: float,
+          avoid: str | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+    """The table with the cover on it: (canvas float32 (H, W, 3), cover corners (4, 2) canvas px,
+    the cover picture's name)."""
     ch = cover_px if aspect <= 1 else round(cover_px / aspect)
     cw = round(ch * aspect)
     side = int(3.0 * max(ch, cw))
@@ -133,10 +139,11 @@ def world(rng: np.random.Generator, cover_px: int, table: str, aspect: float) ->
     rim = np.zeros((side, side), np.float32)
     rim[y0 - 2:y0 + ch + 4, x0 - 2:x0 + cw + 4] = 1
     canvas *= 1 - 0.25 * cv2.GaussianBlur(rim, (0, 0), max(1.0, ch / 300))[..., None]
-    canvas[y0:y0 + ch, x0:x0 + cw] = cover_picture(rng, ch, aspect).astype(np.float32) / 255
+    pic, name = cover_picture(rng, ch, aspect, avoid)
+    canvas[y0:y0 + ch, x0:x0 + cw] = pic.astype(np.float32) / 255
     corners = np.array([[x0 - 0.5, y0 - 0.5], [x0 + cw - 0.5, y0 - 0.5], [x0 + cw - 0.5, y0 + ch - 0.5],
                         [x0 - 0.5, y0 + ch - 0.5]], np.float64)
-    return canvas, corners
+    return canvas, corners, name
 
 
 def camera(rng: np.random.Generator | None, photo_size: tuple[int, int], centre: np.ndarray, cover_px: float,
@@ -260,7 +267,8 @@ def to_jpeg(img: np.ndarray, quality: int) -> tuple[np.ndarray, bytes]:
 # ---------------------------------------------------------------------------------- sequences
 def make_sequence(seed: int, photos: int = 8, photo_size: tuple[int, int] = (800, 600), intruders: int = 1,
                   table: str | None = None, max_tilt: float = 25.0, max_roll: float = 15.0,
-                  scale_range: tuple[float, float] = (0.8, 1.25), detail: float = 1.3) -> SemiRealCapture:
+                  scale_range: tuple[float, float] = (0.8, 1.25), detail: float = 1.3,
+                  avoid_picture: str | None = None) -> SemiRealCapture:
     """A reference and `photos` handheld photos of one cover, plus `intruders` photos of another.
 
     detail: canvas px of the cover per photo px at the largest scale (> 1: photos are not blurred by
@@ -271,13 +279,13 @@ def make_sequence(seed: int, photos: int = 8, photo_size: tuple[int, int] = (800
     aspect = float(rng.uniform(0.62, 0.85) if rng.random() < 0.8 else rng.uniform(1.2, 1.5))
     fill = rng.uniform(0.55, 0.7)
     cover_px = int(detail * fill * scale_range[1] * min(photo_size))
-    canvas, corners = world(np.random.default_rng([seed, 1]), cover_px, table, aspect)
+    canvas, corners, picture = world(np.random.default_rng([seed, 1]), cover_px, table, aspect, avoid_picture)
     centre = corners.mean(axis=0)
     ref_cam = camera(rng, photo_size, centre, cover_px, fill, rng.uniform(0, 3), rng.uniform(-3, 3), 1.0, 0.02)
     ref, _ = spoil(np.random.default_rng([seed, 2]), shoot(canvas, ref_cam, photo_size), clean=True)
     reference, ref_bytes = to_jpeg(ref, 95)
     cap = SemiRealCapture(reference, [], [], _project(ref_cam, corners), aspect, jpegs={"reference.jpg": ref_bytes},
-                          info={"table": table, "photos": []})
+                          info={"table": table, "picture": picture, "photos": []})
     for i in range(photos):
         prng = np.random.default_rng([seed, 100 + i])
         cam = camera(prng, photo_size, centre, cover_px, fill, prng.uniform(0, max_tilt), prng.uniform(-max_roll, max_roll),
@@ -293,7 +301,8 @@ def make_sequence(seed: int, photos: int = 8, photo_size: tuple[int, int] = (800
     for j in range(intruders):
         # Another cover on the same kind of table, photographed the same way.
         other = make_sequence(seed + 1_000_003 + j, photos=1, photo_size=photo_size, intruders=0, table=table,
-                              max_tilt=max_tilt, max_roll=max_roll, scale_range=scale_range, detail=detail)
+                              max_tilt=max_tilt, max_roll=max_roll, scale_range=scale_range, detail=detail,
+                              avoid_picture=None if picture == "procedural" else picture)
         cap.intruders.append(other.photos[0])
         cap.jpegs[f"INTRUDER_{j:02d}.jpg"] = other.jpegs["IMG_00.jpg"]
     return cap
