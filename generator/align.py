@@ -465,6 +465,13 @@ def align(anchor: Frame, photo: Frame, cfg: AlignConfig = AlignConfig()) -> Alig
         res.refined, h_work = _refine(anchor, photo, h_work, src[inl], _agreeing_cells(anchor, ecc_grid, cfg), res, cfg)
     else:
         res.refined = "off"
+    if (res.ecc_shift is not None and res.ecc_shift > 5 * cfg.max_ecc_shift and res.refined != "ecc"
+            and res.inliers < 3 * cfg.min_inliers):
+        # Few inliers and an ECC that runs far away from them: the features most likely matched by
+        # chance (seen: 11 inliers, 41 px off, on a cover with large flat areas).
+        res.reason = (f"few inliers ({res.inliers}) and ECC ran {res.ecc_shift:.0f} px away from them: no "
+                      f"trustworthy alignment (--min-inliers, --max-ecc-shift)")
+        return res
     if res.agreement is not None and res.agreement < cfg.min_agreement:
         res.reason = (f"poor photometric agreement where the object has texture ({res.agreement:.2f} < "
                       f"{cfg.min_agreement}; another object, or mostly hidden? --min-agreement)")
