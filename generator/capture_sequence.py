@@ -192,7 +192,10 @@ def ingest_sequence(folder: Path, cfg: AlignConfig, resolution: int, min_photos:
         anchor = usable[0]
         anchor_frame = frames[id(anchor)]
         anchor.alignment = Alignment(np.eye(3), agreement=1.0, inliers=len(anchor_frame.keypoints), refined="anchor")
+    res.timings["align"] += time.perf_counter() - t
+    t = time.perf_counter()
     quad, quad_record = cover_outline(folder, anchor, rectify)
+    res.timings["outline"] += time.perf_counter() - t
     if quad is None and rectify == "on" and quad_record["source"] is None:
         res.reason = f"{quad_record['reason']} (--rectify on; add {CORNERS_FILE} or use --rectify auto)"
         return res
@@ -201,7 +204,6 @@ def ingest_sequence(folder: Path, cfg: AlignConfig, resolution: int, min_photos:
         set_region(anchor_frame, quad)
     else:  # judge by the centre (where the cover lies), but fit the whole view
         set_region(anchor_frame, central_region(work_size), ecc_in_region=False)
-    res.timings["outline"] += time.perf_counter() - t
     t = time.perf_counter()
     accepted = []
     for p in photos:
