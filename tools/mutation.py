@@ -104,6 +104,13 @@ def run_module(module: str, tests: list[str], equivalent: dict[str, str], out: P
               f"tests: {' '.join(tests)}", ""]
     if other:
         report += [f"other states (not scored): {other}", ""]
+    # Per function: where the survivors cluster (a CLI's help text, a GPU-only branch, real gaps).
+    by_function: dict[str, list[int]] = {}
+    for n, s in status.items():
+        if n not in equivalent and (s in KILLED or s in SURVIVED):
+            by_function.setdefault(n.rsplit("__mutmut_", 1)[0], [0, 0])[s in SURVIVED] += 1
+    report += ["| function | killed | survived |", "| --- | --- | --- |"]
+    report += [f"| `{f}` | {k} | {v} |" for f, (k, v) in sorted(by_function.items())] + [""]
     report += ["## equivalent (excluded)", ""] + [f"- `{n}`: {equivalent[n]}" for n in excluded] + [""]
     report += ["## survivors", ""]
     for n in survivors:
