@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> None:
     kept = genuine = intruders = intruders_kept = 0
     errs_mean, errs_max, reasons, margins, quads = [], [], {}, {"genuine": [], "intruder": []}, []
     seconds = photos_read = 0.0
+    stages: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for s in range(args.first_seed, args.first_seed + args.sequences):
             # detail < 1 above 4 MP: the world canvas would not fit in memory otherwise (timing only).
@@ -58,6 +59,8 @@ def run(args: argparse.Namespace) -> None:
             t = time.perf_counter()
             res = ingest_sequence(folder, cfg, args.resolution)
             seconds += time.perf_counter() - t
+            for stage, sec in res.timings.items():
+                stages[stage] = stages.get(stage, 0.0) + sec
             photos_read += len(names)
             accepted = {im["file"]: np.array(im["homography"]) for im in res.params.get("images", [])}
             quad = res.params.get("quad", {})
@@ -89,7 +92,7 @@ def run(args: argparse.Namespace) -> None:
                   f"outline {quads[-1][1]}", flush=True)
     raw = {"sequences": args.sequences, "photos": args.photos, "size": list(size), "resolution": args.resolution,
            "kept": kept, "genuine": genuine, "intruders": intruders, "intruders_kept": intruders_kept,
-           "errs_mean": errs_mean, "errs_max": errs_max, "seconds": seconds, "photos_read": photos_read,
+           "errs_mean": errs_mean, "errs_max": errs_max, "seconds": seconds, "photos_read": photos_read, "stages": stages,
            "reasons": reasons, "quads": [[q, str(src)] for q, src in quads], "margins": margins}
     if args.json:
         args.json.write_text(json.dumps(raw) + "\n")
@@ -107,6 +110,8 @@ def _combined(paths: list[Path]) -> tuple[dict]:
             out[key] = out[key] + r[key]
         for kind in ("genuine", "intruder"):
             out["margins"][kind] = out["margins"][kind] + r["margins"][kind]
+        for stage, sec in r.get("stages", {}).items():
+            out["stages"][stage] = out["stages"].get(stage, 0.0) + sec
         for reason, n in r["reasons"].items():
             out["reasons"][reason] = out["reasons"].get(reason, 0) + n
     return (out,)
@@ -131,6 +136,12 @@ def report(raw: dict, args: argparse.Namespace) -> None:
               f"photos under 0.7 px everywhere: {100 * np.mean(m <= 0.7):.1f} %")
     print(f"ingest seconds per photo (read + outline + align + warp, {size[0] * size[1] / 1e6:.1f} MP, "
           f"1 thread): {seconds / max(photos_read, 1):.2f} s")
+    stages = raw.get("stages", {})
+    if stages.get("read"):
+        # The baseline, measured in the same run: decoding the photo files at all.
+        per = {k: v / max(photos_read, 1) for k, v in stages.items()}
+        print("  per photo by stage: " + ", ".join(f"{k} {v:.2f} s" for k, v in sorted(per.items()))
+              + f"; total = {seconds / max(stages['read'], 1e-9):.1f}x the time to decode the files")
     print("rejections: " + "; ".join(f"{n} x {k}" for k, n in sorted(reasons.items(), key=lambda kv: -kv[1])))
     found = [q for q, _ in quads if q is not None]
     print(f"cover outline found in {len(found)}/{len(quads)} references; corner error / image diagonal: "
