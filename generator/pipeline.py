@@ -154,15 +154,19 @@ class ShardRenderer:
         """Sequences of one lighting group; in fast mode they share one lighting render."""
         cfg = self.cfg
         results = {}
-        lighting = None
+        group_lighting = None  # attempt 0's render, shared by the group even after a retry
         for sid in ids:
             for attempt in range(cfg.render.qa_attempts):
                 # The reference mode draws the very same scenes (same grouping) so the two modes
                 # can be compared sequence by sequence; it just renders each one on its own.
                 spec = sample_sequence(cfg.seed, sid, cfg.sequence_length, len(self.covers), cfg.scene,
                                        cfg.render.covers_per_lighting, attempt)
-                if lighting is None or attempt > 0:
+                if attempt > 0:  # a re-drawn lighting belongs to that one sequence, not its group
                     lighting = self._render(spec, stats)
+                else:
+                    if group_lighting is None:
+                        group_lighting = self._render(spec, stats)
+                    lighting = group_lighting
                 try:
                     results[sid] = self._finish(spec, lighting, stats)
                     break
@@ -172,8 +176,6 @@ class ShardRenderer:
                 reason = f"failed QA on {cfg.render.qa_attempts} attempts: {stats.rejected_frames[-1]['reason']}"
                 stats.rejected_sequences.append({"sequence_id": sid, "reason": reason})
                 results[sid] = {"rejected": reason}
-            if attempt > 0:
-                lighting = None  # a re-drawn lighting belongs to that one sequence, not its group
         return results
 
     def _render(self, spec: SequenceSpec, stats: ShardStats) -> dict[str, Any]:
@@ -201,16 +203,15 @@ class ShardRenderer:
         reference = cfg.render.quality == "reference"
         linear = [p["image"] if reference else composite_cover(p, cover_linear, cfg.render.grey_albedo) for p in lighting["frames"]]
         t1 = time.perf_counter()
-        camera = None
-        if cfg.camera.enabled:  # phone effects on the inputs only; QA below still sees the render
+        rendered = np.stack([linear_to_srgb_u8(x) for x in linear])
+        inputs, camera = rendered, None
+        if cfg.camera.enabled:  # phone effects on the inputs only; QA judges the render itself
             inputs, camera = photograph(linear, cfg.camera, cfg.seed, spec.sequence_id, spec.attempt)
-        else:
-            inputs = np.stack([linear_to_srgb_u8(x) for x in linear])
         spec_dict = spec.to_dict()
         masks = [frame_masks(p, spec_dict["frames"][j]["lights"]) for j, p in enumerate(lighting["frames"])]
         stats.timings["composite"] += t1 - t0
         stats.timings["encode"] += time.perf_counter() - t1
-        for j, (lin, srgb) in enumerate(zip(linear, inputs, strict=True)):
+        for j, (lin, srgb) in enumerate(zip(linear, rendered, strict=True)):
             problem = qa_problem(lin, srgb)
             if problem:
                 raise SequenceRejected(f"frame {j}: {problem}")
