@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from generator.cli_generate import CONF_DIR, generate
 from generator.config import register, validate
 from generator.covers import ProceduralCovers
-from generator.dataset_format import ShardReader, read_manifest, validate_shard, shard_path
+from generator.dataset_format import ShardReader, read_manifest, shard_path, validate_shard
 
 pytestmark = pytest.mark.blender
 register()
