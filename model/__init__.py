@@ -8,9 +8,16 @@ model/online.py folds images in one at a time (memory independent of K); model/t
 the encoder and decoder tile by tile (memory independent of H, W).
 """
 
-from model.loading import model_from_checkpoint
 from model.fusion import FusionNet
-from model.network import AGGREGATIONS, ARCHITECTURES, DEFAULT_ARCH, DeepResidualSet, build_model, pad_to_multiple
+from model.loading import model_from_checkpoint
+from model.network import (
+    AGGREGATIONS,
+    ARCHITECTURES,
+    DEFAULT_ARCH,
+    DeepResidualSet,
+    build_model,
+    pad_to_multiple,
+)
 
 __all__ = [
     "AGGREGATIONS",

@@ -2,7 +2,7 @@
 
     make pretrain                          # CPU: render the data if missing, train in the background
     PRETRAIN_MINUTES=150 make pretrain     # stop cleanly (checkpoint) after that many minutes
-    make pretrain-gpu                      # one GPU, <= 10 minutes, same data and recipe, bigger batches
+    make pretrain-gpu                      # one GPU: 800 sequences rendered there, <= 10 min of training
     python -m trainer.pretrain --status    # where the run is
 
 Steps, each skipped when already done, so starting it again continues where it stopped:
@@ -49,6 +49,9 @@ class DataPlan:
 
 
 CPU_DATA = [DataPlan("train", 3000, 1000, 3), DataPlan("val", 64, 2000, 1)]
+# One GPU machine for minutes: fewer sequences, rendered by Cycles on the GPU (other bytes than the
+# CPU's, so they live in their own directory), and the same validation set.
+GPU_DATA = [DataPlan("train-gpu", 800, 1000, 3), DataPlan("val", 64, 2000, 1)]
 RESOLUTION = 128  # the network is fully convolutional; 128 px renders 4x faster than 256 and trains on 96 px crops
 
 
@@ -60,29 +63,31 @@ def covers_args(split: str) -> list[str]:
     return []
 
 
-def render(data_dir: Path, plan: DataPlan, threads: int) -> Path:
+def render(data_dir: Path, plan: DataPlan, threads: int, device_args: list[str]) -> Path:
     out = data_dir / plan.name
     if (out / "manifest.json").exists():
         return out
-    split = "train" if plan.name == "train" else "val"
+    split = "val" if plan.name == "val" else "train"
     cmd = [str(BIN / "drs-generate"), f"out_dir={out}", f"num_sequences={plan.num_sequences}",
            "sequence_length=9", f"resolution={RESOLUTION}", f"seed={plan.seed}", "sequences_per_shard=100",
            "scene=paper", "camera=phone", f"render.covers_per_lighting={plan.covers_per_lighting}",
-           f"render.threads={threads}", f"hydra.run.dir={out}/logs/hydra", *covers_args(split)]
+           f"render.threads={threads}", f"hydra.run.dir={out}/logs/hydra", *covers_args(split), *device_args]
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     return out
 
 
-def seed_run_dir(run_dir: Path) -> None:
-    """Start from the committed checkpoint when this run directory has none of its own."""
+def seed_run_dir(run_dir: Path, resume_from: Path = RESUME_CHECKPOINT) -> Path | None:
+    """Start from the committed checkpoint when this run directory has none of its own; returns the copy."""
     ckpt_dir = run_dir / "checkpoints"
-    if any(ckpt_dir.glob("step-*.pt")) or not RESUME_CHECKPOINT.is_file():
-        return
-    step = int(load_checkpoint(RESUME_CHECKPOINT)["step"])
+    if any(ckpt_dir.glob("step-*.pt")) or not resume_from.is_file():
+        return None
+    step = int(load_checkpoint(resume_from)["step"])
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(RESUME_CHECKPOINT, ckpt_dir / f"step-{step:08d}.pt")
-    print(f"resuming from the committed checkpoint {RESUME_CHECKPOINT.name} (step {step})", flush=True)
+    copy = ckpt_dir / f"step-{step:08d}.pt"
+    shutil.copy2(resume_from, copy)
+    print(f"resuming from the committed checkpoint {resume_from} (step {step})", flush=True)
+    return copy
 
 
 def train(run_dir: Path, train_dir: Path, val_dir: Path, minutes: float | None, extra: list[str]) -> int:
@@ -99,19 +104,19 @@ def train(run_dir: Path, train_dir: Path, val_dir: Path, minutes: float | None, 
     return proc.returncode
 
 
-def export(run_dir: Path) -> None:
+def export(run_dir: Path, resume_to: Path = RESUME_CHECKPOINT, weights_to: Path = SHIPPED_WEIGHTS) -> None:
     """Newest step checkpoint -> pretrain_resume.pt; best (EMA) weights -> drs_fusion.pt."""
     from trainer.checkpoints import step_checkpoints
     from trainer.export_weights import export_weights
 
     steps = step_checkpoints(run_dir)
     if steps:
-        shutil.copy2(steps[-1][1], RESUME_CHECKPOINT)
-        print(f"{RESUME_CHECKPOINT} <- step {steps[-1][0]} (commit it to continue elsewhere)")
+        shutil.copy2(steps[-1][1], resume_to)
+        print(f"{resume_to} <- step {steps[-1][0]} (commit it to continue elsewhere)")
     best = run_dir / "checkpoints" / "best.pt"
     if best.is_file():
-        export_weights(best, SHIPPED_WEIGHTS)
-        print(f"{SHIPPED_WEIGHTS} <- {best} (validation {load_checkpoint(best)['extra'].get('metrics')})")
+        export_weights(best, weights_to)
+        print(f"{weights_to} <- {best} (validation {load_checkpoint(best)['extra'].get('metrics')})")
 
 
 def status(run_dir: Path) -> None:
@@ -139,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     threads = int(os.environ.get("OMP_NUM_THREADS", 1))
     started = time.perf_counter()
-    train_dir, val_dir = (render(args.data, plan, threads) for plan in CPU_DATA)
+    plans, device_args = (GPU_DATA, ["render=gpu"]) if args.gpu else (CPU_DATA, [])
+    train_dir, val_dir = (render(args.data, plan, threads, device_args if plan.name != "val" else [])
+                          for plan in plans)
     seed_run_dir(args.run)
     extra = list(args.overrides)
     if args.gpu:
