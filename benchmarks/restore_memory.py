@@ -50,7 +50,7 @@ import numpy as np
 start = time.perf_counter()
 if mode == "restore":
     from trainer.restore import main
-    rc = main(["--quiet", "--checkpoint", ckpt, "--out", out, "--tile", tile, *paths])
+    rc = main(["--quiet", "--checkpoint", ckpt, "--out", out, *(["--tile", tile] if tile != "-1" else []), *paths])
 elif mode == "median":  # what a per-pixel median over the same photos needs: all of them at once
     from PIL import Image
     stack = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--archs", default="drs_fusion,drs_paper", help="architectures for the K sweep")
     ap.add_argument("--speed-archs", default="drs_small,drs_paper",
                     help="paper-design architectures for the 1080p encode/decode timing (empty: none)")
-    ap.add_argument("--tile", type=int, default=1024, help="drs-restore --tile")
+    ap.add_argument("--tile", type=int, default=-1, help="drs-restore --tile (default: each network's own)")
     ap.add_argument("--json", default=None, help="also write the figures here")
     args = ap.parse_args(argv)
     width, height = map(int, (args.size or ("1280x720" if args.quick else "3840x2160")).split("x"))
@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{arch}: 1920x1080 encode {r['encode_s']:.2f} s (anchor {ANCHOR_1080P['encode_s']}), "
                   f"decode {r['decode_s']:.2f} s (anchor {ANCHOR_1080P['decode_s']}), untiled", flush=True)
 
-        print(f"\n{width}x{height}, tile {args.tile}, peak RSS of each child process")
+        tile = "each network's default" if args.tile < 0 else args.tile
+        print(f"\n{width}x{height}, tile {tile}, peak RSS of each child process")
         print(f"{'what':<22}{'K':>4}{'peak MB':>10}{'x K=2':>8}{'wall s':>9}{'s/image':>9}{'s/added':>9}")
         for name in [*args.archs.split(","), "median"]:
             base = first = None

@@ -371,8 +371,9 @@ def make_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", required=True, help="output image: .png, .tif/.tiff (8 or 16 bit) or .jpg")
     ap.add_argument("--checkpoint", default=None,
                     help=f"drs-train checkpoint (default: packaged weights {PACKAGED_WEIGHTS.name})")
-    ap.add_argument("--tile", type=int, default=1024,
-                    help="tile size in pixels for encoder/decoder (exact: halo = receptive field); 0 = whole image")
+    ap.add_argument("--tile", type=int, default=None,
+                    help="tile size in pixels (exact: halo = receptive field); 0 = whole image; default: the "
+                         "network's own (drs_fusion 2048, whose halo makes small tiles costly; others 1024)")
     ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     ap.add_argument("--half", action="store_true", help="float16 autocast (CUDA only)")
     ap.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="bits per channel of the output")
@@ -440,7 +441,8 @@ def run(args: argparse.Namespace) -> Path:
     net = model_from_checkpoint(resolve_checkpoint(args.checkpoint), map_location="cpu")
     start = time.perf_counter()
     paths, transform = transform_from_args(args, paths)
-    img = restore_files(paths, net, tile=args.tile if args.tile > 0 else None, device=device, half=args.half,
+    tile = args.tile if args.tile is not None else getattr(net, "default_tile", 1024)
+    img = restore_files(paths, net, tile=tile if tile > 0 else None, device=device, half=args.half,
                         resize=args.resize, transform=transform, progress=not args.quiet)
     write_atomic(out, encode_image(img, out.suffix.lower(), args.bit_depth))
     if not args.quiet:
