@@ -48,8 +48,8 @@ lint: setup ## ruff
 bench: setup ## run every benchmark, write benchmarks/RESULTS.md (BENCH_ARGS=--quick: minutes)
 	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
 
-mutation: setup ## mutation testing of the modules in tools/mutation.toml (MUTATION_ARGS=model/online.py: one; tens of minutes for all)
-	OMP_NUM_THREADS=1 nice -n 15 $(BIN)/python tools/mutation.py $(MUTATION_ARGS)
+mutation: setup ## mutation testing of the modules in tests/mutation.toml (MUTATION_ARGS=model/online.py: one; tens of minutes for all)
+	OMP_NUM_THREADS=1 nice -n 15 $(BIN)/python tests/mutation.py $(MUTATION_ARGS)
 
 # Photographs, paintings and artwork from Debian's wallpaper packages, and fonts for the titles.
 COVER_PACKAGES := gnome-backgrounds mate-backgrounds plasma-workspace-wallpapers ukui-wallpapers \

@@ -106,7 +106,7 @@ def test_rpca_factorises_through_the_small_gram_matrix():
     assert np.allclose((u * s.astype(np.float32)) @ vt.astype(np.float32), m, atol=1e-3)
 
 
-# -- gaps found by mutation testing (tools/mutation.py) ------------------------------------------
+# -- gaps found by mutation testing (tests/mutation.py) ------------------------------------------
 
 
 @pytest.mark.parametrize("method", ["median", "mean", "weiss", "rpca"])

@@ -1,7 +1,7 @@
 """drs-verify's per-shard checks one by one (generator/verify.py verify_shard), on real shards:
 each kind of damage is named with the detail a user needs, and nothing sound is flagged.
 
-Written from the gaps mutation testing found (tools/mutation.py): the end-to-end tests in
+Written from the gaps mutation testing found (tests/mutation.py): the end-to-end tests in
 tests/test_verify.py exercise whole datasets and did not pin these details down."""
 
 from __future__ import annotations

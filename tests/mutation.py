@@ -1,6 +1,6 @@
-"""Mutation testing of the modules listed in tools/mutation.toml, one module at a time.
+"""Mutation testing of the modules listed in tests/mutation.toml, one module at a time.
 
-Usage: python tools/mutation.py [--committed] [--out DIR] [MODULE ...]    (`make mutation`; MODULE like model/online.py)
+Usage: python tests/mutation.py [--committed] [--out DIR] [MODULE ...]    (`make mutation`; MODULE like model/online.py)
 
 Why a copy: mutmut writes every mutant into `mutants/` beside the sources and runs the tests
 there. Doing that in the working tree would leave mutated code where other people (and
@@ -26,7 +26,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIG = ROOT / "tools" / "mutation.toml"
+CONFIG = ROOT / "tests" / "mutation.toml"
 FAST_TIER = "not blender and not slurm and not slow and not torchrun"
 PACKAGES = ["generator", "model", "trainer", "blender_scenes"]
 KILLED = {"killed", "timeout", "caught by type check"}
@@ -123,7 +123,7 @@ def run_module(module: str, tests: list[str], equivalent: dict[str, str], out: P
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("modules", nargs="*", help="default: every module in tools/mutation.toml")
+    parser.add_argument("modules", nargs="*", help="default: every module in tests/mutation.toml")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "mutation")
     parser.add_argument("--committed", action="store_true", help="mutate HEAD, not the working tree")
     args = parser.parse_args(argv)
