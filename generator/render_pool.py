@@ -67,6 +67,10 @@ class RenderWorker:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
+        if mp.get_start_method(allow_none=True) not in (None, "fork", "spawn", "forkserver"):
+            # Inside a joblib (loky) job the global start method is loky's own; a spawned child is
+            # told to use it and fails with "cannot find context for 'loky'". Ours is plain spawn.
+            mp.set_start_method("spawn", force=True)
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
         self._proc = ctx.Process(target=serve, args=(child, self.settings), daemon=True, name="drs-render-worker")

@@ -89,11 +89,6 @@ def test_render_gpu_without_a_gpu_renders_on_the_cpu_with_a_warning(tmp_path, mo
         assert r.read(0).params["render"]["device"] == "CPU"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug found by this test: inside a joblib (loky) job mp's global start method is 'loky', and "
-    "RenderWorker's spawned child fails with \"cannot find context for 'loky'\"; a fix in "
-    "RenderWorker.start (set_start_method('spawn', force=True) when the current one is not a standard "
-    "method) makes it pass. Remove this mark with the fix."))
 def test_joblib_launcher_sweep_renders_the_same_shards_as_one_process(tmp_path):
     """README: `drs-generate -m shard='range(0,N)' hydra/launcher=joblib hydra.launcher.n_jobs=...`."""
     import subprocess
