@@ -38,7 +38,7 @@ from model.online import restore_online
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
 OUTPUT_FORMATS = {".png": (8, 16), ".tif": (8, 16), ".tiff": (8, 16), ".jpg": (8,), ".jpeg": (8,)}
-PACKAGED_WEIGHTS = Path(__file__).resolve().parent.parent / "model" / "weights" / "drs_small.pt"
+PACKAGED_WEIGHTS = Path(__file__).resolve().parent.parent / "model" / "weights" / "drs_fusion.pt"
 # EXIF orientations 5-8 rotate by 90 degrees: width and height swap once the tag is applied.
 _EXIF_ORIENTATION = 0x0112
 _M_MMAP_THRESHOLD = -3  # mallopt parameter number, from glibc's malloc.h
