@@ -36,11 +36,16 @@ from tests.fixtures_data import make_tiny_dataset
 
 BIN = Path(sys.executable).parent
 SMALL = ["num_sequences=4", "sequence_length=2", "resolution=16", "sequences_per_shard=4", "progress=false"]
+# Long enough that a run interrupted after its first cached sequence is still rendering on a quiet
+# machine (SMALL's other three sequences take a fraction of a second there).
+INTERRUPTIBLE = ["num_sequences=40", "sequence_length=2", "resolution=16", "sequences_per_shard=40", "progress=false"]
 HOST = socket.gethostname()
 
 
 def _env() -> dict[str, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # Unbuffered: progress bars write '\r' without a newline, which a line-buffered stderr would hold
+    # back until the command ends, too late for a test that waits for them to press Ctrl-C.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
     env.pop("DRS_DEBUG", None)
     return env
@@ -375,7 +380,7 @@ def test_6_a_disk_filling_up_mid_render_is_one_line_and_leaves_no_temporaries(tm
 @pytest.mark.blender
 def test_6_ctrl_c_stops_with_130_says_what_was_kept_and_leaves_no_temporaries(tmp_path):
     out, logs = tmp_path / "ds", tmp_path / "logs"
-    proc = _start_generate(out, *SMALL, f"hydra.run.dir={logs}")
+    proc = _start_generate(out, *INTERRUPTIBLE, f"hydra.run.dir={logs}")
     _wait_for_cache(out, proc)
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends on Ctrl-C: the CLI and its Blender worker
     _, err = proc.communicate(timeout=60)
@@ -384,7 +389,7 @@ def test_6_ctrl_c_stops_with_130_says_what_was_kept_and_leaves_no_temporaries(tm
     assert "drs-generate: interrupted; kept 0 complete shard(s)" in err and "rerun the same command" in err
     assert not _scratch_of(proc.pid)
     # `kill PID` (SIGTERM, to the command alone) stops it the same way, Blender included.
-    again = _start_generate(tmp_path / "ds2", *SMALL, f"hydra.run.dir={logs}")
+    again = _start_generate(tmp_path / "ds2", *INTERRUPTIBLE, f"hydra.run.dir={logs}")
     _wait_for_cache(tmp_path / "ds2", again)
     again.send_signal(signal.SIGTERM)
     _, err = again.communicate(timeout=60)
@@ -394,7 +399,7 @@ def test_6_ctrl_c_stops_with_130_says_what_was_kept_and_leaves_no_temporaries(tm
     while subprocess.run(["pgrep", "-g", str(again.pid)], capture_output=True).stdout and time.time() < deadline:
         time.sleep(0.1)
     assert not subprocess.run(["pgrep", "-g", str(again.pid)], capture_output=True).stdout, "Blender still runs"
-    assert _generate(out, *SMALL, logs=logs).returncode == 0
+    assert _generate(out, *INTERRUPTIBLE, logs=logs).returncode == 0
 
 
 def _interrupt_once(args: list, marker: str, timeout: float = 120) -> tuple[int, str]:
@@ -432,7 +437,7 @@ def test_6_ctrl_c_in_the_other_commands_says_what_was_kept(tmp_path):
         photos.append(tmp_path / f"p{i}.png")
         Image.fromarray(rng.integers(0, 255, (512, 512, 3), dtype=np.uint8)).save(photos[-1])
     clean = tmp_path / "clean.png"
-    code, err = _interrupt_once([BIN / "drs-restore", "--tile", "256", "--out", clean, *photos], "encoding:")
+    code, err = _interrupt_once([BIN / "drs-restore", "--tile", "256", "--out", clean, *photos], "encoding")
     assert code == 130 and f"drs-restore: interrupted; {clean} was not written" in err, err
     assert "Traceback" not in err and not clean.exists() and not list(tmp_path.glob(".clean.png.*"))
 

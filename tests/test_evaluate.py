@@ -32,13 +32,26 @@ def _config(*overrides: str):
         return OmegaConf.to_object(compose("evaluate", overrides=list(overrides)))
 
 
+def _undo_up(stored: np.ndarray, predictor: str, target: np.ndarray | None = None) -> np.ndarray:
+    """Schema 2's lossless predictors, inverted here from their definition (README: dataset format):
+    "up" stores each row minus the row above (mod 256), "target_up" does so for input - target."""
+    if predictor == "none":
+        return stored
+    out = np.cumsum(stored, axis=-3, dtype=np.uint8)  # rows are axis -3 of (..., H, W, 3); wraps mod 256
+    return out + target[:, None] if predictor == "target_up" else out
+
+
 def _raw_arrays(dataset: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """inputs, target, sequence_id of every shard, read with plain h5py (not the project's reader)."""
+    import hdf5plugin  # noqa: F401  (registers schema 2's Zstd filter with h5py)
+
     manifest = json.loads((dataset / "manifest.json").read_text())
     parts = []
     for entry in manifest["shards"]:
         with h5py.File(dataset / entry["file"], "r") as f:
-            parts.append((f["inputs"][()], f["target"][()], f["sequence_id"][()]))
+            target = _undo_up(f["target"][()], f["target"].attrs.get("predictor", "none"))
+            inputs = _undo_up(f["inputs"][()], f["inputs"].attrs.get("predictor", "none"), target)
+            parts.append((inputs, target, f["sequence_id"][()]))
     return tuple(np.concatenate(p) for p in zip(*parts, strict=True))
 
 
