@@ -78,10 +78,16 @@ def _refused(run: subprocess.CompletedProcess, *needles: str) -> None:
         assert needle in run.stderr, (needle, run.stderr)
 
 
+def _default_sigint() -> None:
+    """In the child: Ctrl-C as a terminal delivers it. A test run started in the background by a
+    non-interactive shell (`pytest ... &`) inherits SIGINT ignored, and exec keeps that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_generate(out: Path, *overrides) -> subprocess.Popen:
     args = [str(BIN / "drs-generate"), f"out_dir={out}", *overrides]
     return subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, env=_env())
+                            text=True, env=_env(), preexec_fn=_default_sigint)
 
 
 def _wait_for_cache(out: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
@@ -406,7 +412,7 @@ def _interrupt_once(args: list, marker: str, timeout: float = 120) -> tuple[int,
     """Start a command, press Ctrl-C (SIGINT to its process group) once `marker` is on its stderr,
     i.e. once it is at work; returns (exit status, stderr)."""
     proc = subprocess.Popen([str(a) for a in args], start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env=_env())
+                            stderr=subprocess.PIPE, env=_env(), preexec_fn=_default_sigint)
     os.set_blocking(proc.stderr.fileno(), False)
     err, deadline = b"", time.time() + timeout
     while marker.encode() not in err and time.time() < deadline and proc.poll() is None:
