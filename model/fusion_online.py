@@ -19,13 +19,12 @@ convolution runs tile by tile with the exact halo (model/tiling.py), so 4K photo
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
-from model.fusion import PAD_MULTIPLE, FusionNet, robust_centre_step
-from model.online import RunningPool, _check_image
+from model.fusion import FusionNet, robust_centre_step
+from model.online import RunningPool, _check_image, prepare_inference
 from model.tiling import base_halo, base_tile, run_tiled
 
 
@@ -68,22 +67,8 @@ def restore_fusion_online(
     images: zero-argument callable returning a fresh iterable of float (3, H, W) tensors in [0, 1];
         called net.num_passes times. Returns float32 (3, H, W) on `device`, not clamped.
     """
-    from model.network import pad_to_multiple
-
-    device = torch.device(device) if device is not None else next(net.parameters()).device
-    if half and device.type != "cuda":
-        raise ValueError(f"half precision needs a CUDA device, got {device}")
-    net = net.to(device).eval()
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    autocast = torch.autocast("cuda", dtype=torch.float16) if half else contextlib.nullcontext()
+    net, prepare, autocast = prepare_inference(net, device, half, channels_last)
     t = base_tile(tile)
-
-    def prepare(img: torch.Tensor) -> torch.Tensor:
-        x = pad_to_multiple(img.to(device=device, dtype=torch.float32), PAD_MULTIPLE)
-        return x[None].contiguous(memory_format=fmt)
-
     photos = _Photos(images, prepare)
     centre = _robust_centre(photos, net.centre_iterations)
     ctx_mean, ctx_max = _pooled_context(net, photos, centre, t, autocast)

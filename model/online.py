@@ -67,6 +67,24 @@ def _check_image(img: torch.Tensor, index: int, size: tuple[int, int] | None) ->
     return hw
 
 
+def prepare_inference(net: torch.nn.Module, device: str | torch.device | None, half: bool, channels_last: bool):
+    """Move `net` to `device` in eval mode (channels-last if asked); returns (net, prepare, autocast):
+    prepare(img (3, H, W)) -> padded float32 (1, 3, H', W') on the device, autocast a context manager."""
+    device = torch.device(device) if device is not None else next(net.parameters()).device
+    if half and device.type != "cuda":
+        raise ValueError(f"half precision needs a CUDA device, got {device}")
+    net = net.to(device).eval()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    autocast = torch.autocast("cuda", dtype=torch.float16) if half else contextlib.nullcontext()
+
+    def prepare(img: torch.Tensor) -> torch.Tensor:
+        return pad_to_multiple(img.to(device=device, dtype=torch.float32))[None].contiguous(memory_format=fmt)
+
+    return net, prepare, autocast
+
+
 @torch.inference_mode()
 def restore_online(
     net: DeepResidualSet | torch.nn.Module,
@@ -95,18 +113,8 @@ def restore_online(
         from model.fusion_online import restore_fusion_online
 
         return restore_fusion_online(net, images, tile=tile, device=device, half=half, channels_last=channels_last)
-    device = torch.device(device) if device is not None else next(net.parameters()).device
-    if half and device.type != "cuda":
-        raise ValueError(f"half precision needs a CUDA device, got {device}")
-    net = net.to(device).eval()
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    autocast = torch.autocast("cuda", dtype=torch.float16) if half else contextlib.nullcontext()
+    net, prepare, autocast = prepare_inference(net, device, half, channels_last)
     t = base_tile(tile)
-
-    def prepare(img: torch.Tensor) -> torch.Tensor:
-        return pad_to_multiple(img.to(device=device, dtype=torch.float32))[None].contiguous(memory_format=fmt)
 
     pooled: list[torch.Tensor | None] = [None]
     mean_sum: torch.Tensor | None = None
