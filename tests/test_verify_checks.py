@@ -136,3 +136,88 @@ def test_expected_shard_count():
     assert expected_shard_count({"num_sequences": 5, "sequences_per_shard": 2}, [0]) == 3
     assert expected_shard_count({"num_sequences": 4}, [0, 6, 2]) == 7  # incomplete config: what is known
     assert expected_shard_count(None, []) == 0
+
+
+# -- the problem records themselves (drs-verify --json and the repair read index and file) --
+
+
+def test_problems_name_their_shard_index_and_file(tmp_path):
+    rel = "shards/shard-00001.h5"
+    entry = shard(tmp_path, 1, [2, 3])
+    assert verify_shard(tmp_path, 1, {**entry, "first_sequence_id": 3}, CONFIG) == [
+        ShardProblem(1, rel, "invalid", "first_sequence_id 3, expected 2")]
+    bad = shard(tmp_path, 1, [3, 2])
+    assert verify_shard(tmp_path, 1, bad, CONFIG) == [
+        ShardProblem(1, rel, "invalid", "sequence ids [3, 2]... not unique, ascending and in [2, 4)")]
+    [p] = verify_shard(tmp_path, 1, {**bad, "count": 3}, CONFIG)
+    assert (p.index, p.file, p.kind) == (1, rel, "invalid")
+
+
+def test_only_the_first_five_ids_are_quoted(tmp_path):
+    ids = [0, 1, 2, 3, 4, 5, 5]
+    entry = shard(tmp_path, 0, ids)
+    assert problems(tmp_path, 0, entry, config={"sequences_per_shard": 10}) == [
+        ("invalid", "sequence ids [0, 1, 2, 3, 4]... not unique, ascending and in [0, 10)")]
+
+
+def test_the_recorded_file_name_is_the_one_checked(tmp_path):
+    """A manifest entry names its file; verify_shard reads that one, not the default shard name."""
+    entry = shard(tmp_path, 0, [0, 1])
+    shard_path(tmp_path, 0).rename(tmp_path / "shards" / "renamed.h5")
+    assert problems(tmp_path, 0, {**entry, "file": "shards/renamed.h5"}) == []
+    (tmp_path / "shards" / "renamed.h5").unlink()
+    assert verify_shard(tmp_path, 0, {**entry, "file": "shards/renamed.h5"}, CONFIG) == [
+        ShardProblem(0, "shards/renamed.h5", "missing", "file absent")]
+
+
+def test_a_manifest_without_shards_lists_only_missing_ones(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps(
+        {"schema_version": 2, "config": {"num_sequences": 4, "sequences_per_shard": 2}, "missing_shards": [0, 1]}))
+    count, entries, _ = expected_entries(tmp_path)
+    assert count == 2 and entries == {0: None, 1: None}
+
+
+def test_a_manifest_entry_without_a_file_key_is_an_error(tmp_path):
+    manifest = manifest_only(tmp_path, {0: [0, 1]}, {})
+    del manifest["shards"][0]["file"]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DatasetFormatError, match="has no shard-N.h5 file$"):
+        expected_entries(tmp_path)
+
+
+def test_shard_files_on_disk_count_when_the_config_does_not_say(tmp_path):
+    manifest_only(tmp_path, {0: [0, 1]}, {})  # no num_sequences: the count comes from what exists
+    shard(tmp_path, 3, [6, 7])  # an unrecorded shard 3 on disk
+    count, entries, _ = expected_entries(tmp_path)
+    assert count == 4 and entries[3] is None and entries[0]["file"] == "shards/shard-00000.h5"
+
+
+def test_parts_without_a_config_give_none(tmp_path):
+    from generator.dataset_format import write_json_atomic
+    from generator.manifest import part_path
+
+    entry = shard(tmp_path, 0, [0, 1])
+    write_json_atomic(part_path(tmp_path, 0), {"shard_index": 0, "shard": entry})
+    assert expected_entries(tmp_path) == (1, {0: entry}, None)
+
+
+def test_an_empty_shard_made_elsewhere_is_checked_not_crashed_on(tmp_path):
+    """write_shard refuses empty shards, but another tool may leave one; its (absent) ids are no problem
+    of their own, and the shard starts where its slice does."""
+    import h5py
+
+    from generator.dataset_format import shard_entry
+
+    path = shard_path(tmp_path, 0)
+    recs = [SequenceRecord(0, np.zeros((2, 8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8),
+                           {"occluder": np.zeros((2, 8, 8), np.uint8)}, {})]
+    write_shard(path, recs, seed=1, config=CONFIG, generator_version="t", blender_version="none",
+                schema_version=1)
+    with h5py.File(path, "r+") as f:
+        for name in ("inputs", "target", "masks/occluder", "sequence_id", "params"):
+            shape, dtype = f[name].shape, f[name].dtype
+            del f[name]
+            f.create_dataset(name, shape=(0, *shape[1:]), maxshape=(None, *shape[1:]), dtype=dtype,
+                             chunks=(1, *shape[1:]))
+    entry = {k: v for k, v in shard_entry(tmp_path, path, 0, 0).items() if k != "first_sequence_id"}
+    assert problems(tmp_path, 0, entry) == []

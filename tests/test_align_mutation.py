@@ -1,0 +1,415 @@
+"""generator/align.py's building blocks one by one, with values computed independently: the config's
+checks, the records, grey conversion and the work copy, the local normalisation and the noise
+estimate, regions, the homography plausibility checks and the cell agreement.
+
+Written for mutation testing (tests/mutation.py): tests/test_align.py judges whole alignments of
+semi-real captures (accuracy and rejections), which a wrong constant inside a helper can survive.
+Small synthetic images keep these tests fast (each mutant reruns them).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from generator.align import (
+    AGREEMENT_PERCENTILE,
+    AlignConfig,
+    Alignment,
+    _agreeing_cells,
+    _cell,
+    _corners,
+    _percentile,
+    agreement,
+    align,
+    cell_correlations,
+    central_region,
+    homography_problem,
+    noise_sigma,
+    normalise,
+    prepare,
+    project,
+    set_region,
+    to_grey,
+    work_copy,
+)
+from tests.captures import make_capture, object_image
+
+# ----------------------------------------------------------------------------------------------
+# config and records
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"method": "surf"}, "align method must be one of ('sift', 'orb'), got 'surf'"),
+    ({"work_size": 0}, "align work_size must be >= 1, got 0"),
+    ({"max_features": 0}, "align max_features must be >= 1, got 0"),
+    ({"min_inliers": 0}, "align min_inliers must be >= 1, got 0"),
+    ({"ecc_iterations": 0}, "align ecc_iterations must be >= 1, got 0"),
+    ({"cell": 0}, "align cell must be >= 1, got 0"),
+    ({"ratio": 0.0}, "align ratio must be in (0, 1), got 0.0"),
+    ({"ratio": 1.0}, "align ratio must be in (0, 1), got 1.0"),
+    ({"min_overlap": -0.01}, "align min_overlap must be in [0, 1], got -0.01"),
+    ({"min_overlap": 1.01}, "align min_overlap must be in [0, 1], got 1.01"),
+    ({"min_spread": 1.5}, "align min_spread must be in [0, 1], got 1.5"),
+    ({"min_spread": -0.5}, "align min_spread must be in [0, 1], got -0.5"),
+    ({"min_agreement": -1.01}, "align min_agreement must be in [-1, 1], got -1.01"),
+    ({"min_agreement": 1.01}, "align min_agreement must be in [-1, 1], got 1.01"),
+])
+def test_each_bad_setting_is_named(kw, message):
+    with pytest.raises(ValueError) as exc:
+        AlignConfig(**kw)
+    assert str(exc.value) == message
+
+
+def test_the_limits_themselves_are_allowed():
+    AlignConfig(method="orb", work_size=1, max_features=1, min_inliers=1, ecc_iterations=1, cell=1,
+                ratio=0.01, min_overlap=0, min_spread=0, min_agreement=-1)
+    AlignConfig(ratio=0.99, min_overlap=1, min_spread=1, min_agreement=1)
+
+
+def test_the_documented_defaults():
+    cfg = AlignConfig()
+    assert (cfg.method, cfg.work_size, cfg.max_features, cfg.contrast_threshold, cfg.clahe, cfg.ratio) == (
+        "sift", 1024, 4000, 0.02, True, 0.8)
+    assert (cfg.ransac_threshold, cfg.min_inliers, cfg.min_spread, cfg.max_scale_change, cfg.max_anisotropy,
+            cfg.min_overlap) == (3.0, 10, 0.05, 3.0, 3.0, 0.3)
+    assert (cfg.ecc, cfg.ecc_iterations, cfg.ecc_eps, cfg.max_ecc_shift, cfg.min_agreement, cfg.norm_sigma,
+            cfg.texture_snr, cfg.cell) == (True, 50, 1e-4, 6.0, 0.3, 2.0, 3.0, 32)
+    assert AGREEMENT_PERCENTILE == 90
+
+
+def test_alignment_record():
+    rejected = Alignment(None, reason="too few features", inliers=7)
+    assert not rejected.ok and rejected.score == 7.0 and type(rejected.score) is float
+    assert rejected.to_params() == {"homography": None, "reason": "too few features", "matches": 0, "inliers": 7,
+                                    "ecc": None, "ecc_shift": None, "agreement": None, "refined": None,
+                                    "checks": {}}
+    h = np.array([[1, 0, 2.5], [0, 1, -1], [0, 0, 1]], np.float64)
+    accepted = Alignment(h, inliers=40, agreement=0.75, checks={"scale": 1.0})
+    assert accepted.ok and accepted.score == 0.75
+    params = accepted.to_params()
+    assert params["homography"] == [[1.0, 0.0, 2.5], [0.0, 1.0, -1.0], [0.0, 0.0, 1.0]]
+    assert all(type(v) is float for row in params["homography"] for v in row)
+    assert params["agreement"] == 0.75 and params["checks"] == {"scale": 1.0} and params["reason"] is None
+
+
+# ----------------------------------------------------------------------------------------------
+# preparation
+
+
+def test_to_grey_uses_rec601_luma_and_each_dtype_range():
+    rgb = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255]]], np.uint8)
+    expected = np.array([[0.299, 0.587, 0.114, 1.0]])
+    for image, scale in ((rgb, 1.0), (rgb.astype(np.uint16) * 257, 1.0), (rgb / 255.0, 1.0),
+                         (rgb.astype(np.float32) / 510.0, 0.5)):
+        grey = to_grey(image)
+        assert grey.dtype == np.float32 and grey.shape == (1, 4) and grey.flags["C_CONTIGUOUS"]
+        np.testing.assert_allclose(grey, scale * expected, atol=1e-6)
+    plain = np.array([[0, 51, 255]], np.uint8)
+    np.testing.assert_allclose(to_grey(plain), [[0.0, 0.2, 1.0]], atol=1e-7)
+    # A 16-bit value is not mistaken for an 8-bit one.
+    np.testing.assert_allclose(to_grey(np.array([[65535, 257]], np.uint16)), [[1.0, 1 / 255]], atol=1e-7)
+
+
+def test_work_copy_keeps_small_images_and_shrinks_large_ones():
+    small = np.zeros((40, 30), np.float32)
+    same, to_work = work_copy(small, 40)
+    assert same is small and np.array_equal(to_work, np.eye(3))
+    big = np.tile(np.arange(200, dtype=np.float32), (100, 1))  # (H, W) = (100, 200), a horizontal ramp
+    copy, to_work = work_copy(big, 50)
+    assert copy.shape == (25, 50)
+    # Pixel centres at integers: x_work = s x + (s - 1) / 2.
+    np.testing.assert_allclose(to_work, [[0.25, 0, -0.375], [0, 0.25, -0.375], [0, 0, 1]])
+    np.testing.assert_allclose(copy[0, :3], [1.5, 5.5, 9.5])  # area averages of 4 columns
+    tall, to_work = work_copy(np.zeros((300, 2), np.float32), 100)  # 2 px wide: at least 1 px after
+    assert tall.shape == (100, 1)
+    np.testing.assert_allclose(to_work, [[0.5, 0, -0.25], [0, 1 / 3, -1 / 3], [0, 0, 1]])
+
+
+def test_noise_sigma_estimates_white_noise_and_ignores_a_smooth_ramp():
+    rng = np.random.default_rng(0)
+    ramp = np.tile(np.linspace(0.2, 0.8, 256, dtype=np.float32), (256, 1))
+    assert noise_sigma(ramp) < 1e-5
+    for sigma in (0.01, 0.05):
+        noisy = (ramp + rng.normal(0, sigma, ramp.shape)).astype(np.float32)
+        assert noise_sigma(noisy) == pytest.approx(sigma, rel=0.05)
+
+
+def _texture(size: int = 96, seed: int = 0) -> np.ndarray:
+    """A grey image with texture at a few px scale (float32 in [0, 1])."""
+    rng = np.random.default_rng(seed)
+    return cv2.GaussianBlur(rng.random((size, size)).astype(np.float32), (0, 0), 1.5) * 2.5 - 0.75
+
+
+def test_normalise_cancels_gain_and_offset_and_finds_the_texture():
+    g = np.clip(_texture(), 0, 1).astype(np.float32) * 0.5 + 0.25
+    norm, texture = normalise(g, 2.0)
+    norm2, texture2 = normalise(0.5 * g + 0.3, 2.0)
+    assert norm.dtype == np.float32 and texture.dtype == bool
+    np.testing.assert_allclose(norm2, norm, atol=1e-2)
+    assert np.array_equal(texture, texture2) and texture.mean() > 0.9
+    # Zero mean, unit spread over a neighbourhood: the normalised values are O(1).
+    assert abs(norm.mean()) < 0.1 and 0.5 < norm.std() < 1.5
+    # A flat noisy part is no texture.
+    rng = np.random.default_rng(1)
+    part = g.copy()
+    part[:, 24:] = 0.5 + rng.normal(0, 0.01, (96, 72)).astype(np.float32)
+    norm, texture = normalise(part, 2.0)
+    assert texture[:, 4:18].mean() > 0.9 and texture[:, 32:].mean() < 0.02
+
+
+def test_normalise_texture_threshold_follows_snr():
+    rng = np.random.default_rng(2)
+    g = 0.5 + rng.normal(0, 0.01, (96, 96)).astype(np.float32)
+    g[:, 48:] += 0.004 * np.sign(np.sin(np.arange(48) * 1.3))[None, :].astype(np.float32)  # faint stripes
+    low = normalise(g, 2.0, snr=0.5)[1][:, 56:].mean()
+    high = normalise(g, 2.0, snr=3.0)[1][:, 56:].mean()
+    assert low > high
+
+
+def test_prepare_records_sizes_and_root_sift_descriptors():
+    img = object_image("astronaut", 200)
+    frame = prepare(img, AlignConfig(work_size=100))
+    h, w = img.shape[:2]
+    assert frame.size == (w, h) and frame.work_size == (frame.grey.shape[1], frame.grey.shape[0])
+    assert max(frame.work_size) == 100
+    assert frame.keypoints.dtype == np.float32 and frame.keypoints.shape[1] == 2 and len(frame.keypoints) > 20
+    assert frame.keypoints[:, 0].max() < frame.work_size[0] and frame.keypoints[:, 1].max() < frame.work_size[1]
+    # RootSIFT: each descriptor is the square root of an L1-normalised histogram, so its L2 norm is 1.
+    assert frame.descriptors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(frame.descriptors, axis=1), 1.0, atol=1e-3)
+    assert frame.texture.shape == frame.grey.shape and frame.normalised.shape == frame.grey.shape
+    orb = prepare(img, AlignConfig(method="orb", work_size=100))
+    assert orb.descriptors.dtype == np.uint8 and orb.descriptors.shape[1] == 32
+
+
+def test_prepare_without_clahe_finds_fewer_features_in_a_dim_photo():
+    dim = (object_image("astronaut", 160).astype(np.float32) * 0.15).astype(np.uint8)
+    with_clahe = prepare(dim, AlignConfig())
+    without = prepare(dim, AlignConfig(clahe=False))
+    assert len(with_clahe.keypoints) > len(without.keypoints)
+
+
+def test_more_features_are_allowed_when_asked():
+    img = object_image("astronaut", 200)
+    assert len(prepare(img, AlignConfig(max_features=30)).keypoints) <= 31
+    assert len(prepare(img, AlignConfig(max_features=30, method="orb")).keypoints) <= 30
+    assert len(prepare(img).keypoints) > 60
+
+
+# ----------------------------------------------------------------------------------------------
+# regions and geometry
+
+
+def test_central_region():
+    np.testing.assert_allclose(central_region((100, 50)), [[35, 17.5], [65, 17.5], [65, 32.5], [35, 32.5]])
+    np.testing.assert_allclose(central_region((100, 50), 0.5), [[25, 12.5], [75, 12.5], [75, 37.5], [25, 37.5]])
+
+
+def test_set_region_maps_the_quad_to_work_px_and_masks_its_inner_90_percent():
+    frame = prepare(object_image("astronaut", 200), AlignConfig(work_size=100))
+    w, h = frame.size
+    quad = np.array([[0.2 * w, 0.2 * h], [0.8 * w, 0.2 * h], [0.8 * w, 0.8 * h], [0.2 * w, 0.8 * h]])
+    assert set_region(frame, quad) is frame and frame.ecc_in_region is True
+    np.testing.assert_allclose(frame.region, project(frame.to_work, quad), atol=1e-4)
+    assert frame.region.dtype == np.float32
+    ww, wh = frame.work_size
+    expected = 0.6 * 0.9 * ww * 0.6 * 0.9 * wh  # the inner 90 % (linear) of the outline
+    assert frame.region_mask.dtype == bool and frame.region_mask.shape == frame.grey.shape
+    assert frame.region_mask.sum() == pytest.approx(expected, rel=0.06)
+    assert frame.region_mask[wh // 2, ww // 2] and not frame.region_mask[int(0.22 * wh), int(0.22 * ww)]
+    set_region(frame, None, ecc_in_region=False)
+    assert frame.region is None and frame.region_mask is None and frame.ecc_in_region is False
+
+
+def test_project_and_corners():
+    h = np.array([[2, 0, 1], [0, 3, -1], [0, 0, 1.0]])
+    np.testing.assert_allclose(project(h, np.array([[0, 0], [1, 2]])), [[1, -1], [3, 5]])
+    persp = np.array([[1, 0, 0], [0, 1, 0], [0.5, 0, 1.0]])
+    np.testing.assert_allclose(project(persp, np.array([[2.0, 4.0]])), [[1.0, 2.0]])
+    np.testing.assert_allclose(_corners((5, 3)), [[0, 0], [4, 0], [4, 2], [0, 2]])
+
+
+SIZE = (200, 150)
+
+
+def test_a_plausible_homography_and_its_measures():
+    cfg = AlignConfig()
+    problem, checks = homography_problem(np.diag([1.5, 1.5, 1]), SIZE, (400, 300), cfg)
+    assert problem is None
+    assert checks["anisotropy"] == pytest.approx(1.0)
+    # scale: sqrt of the projected corners' area over the photo's (corners at pixel centres: 199 x 149)
+    assert checks["scale"] == pytest.approx(1.5 * np.sqrt(199 * 149 / (200 * 150)))
+    assert checks["overlap"] == pytest.approx(1.5 * 199 * 1.5 * 149 / (399 * 299), rel=1e-6)
+    stretch = np.diag([2.0, 1.0, 1.0])
+    assert homography_problem(stretch, SIZE, SIZE, cfg)[1]["anisotropy"] == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("h, message", [
+    (None, "degenerate homography (singular or not finite)"),
+    (np.zeros((3, 3)), "degenerate homography (singular or not finite)"),
+    (np.diag([1e-7, 1e-7, 1.0]), "degenerate homography (singular or not finite)"),
+    (np.array([[1, 0, 0], [0, 1, 0], [0, 0, np.nan]]), "degenerate homography (singular or not finite)"),
+    (np.array([[1, 0, 0], [0, 1, 0], [0, 0, np.inf]]), "degenerate homography (singular or not finite)"),
+    (np.array([[1, 0, 0], [0, 1, 0], [-0.01, 0, 1.0]]), "degenerate homography (the photo's horizon crosses the anchor)"),
+    (np.array([[1, 0, 0], [0, 1, 0], [0, -1 / 149, 1.0]]), "degenerate homography (the photo's horizon crosses the anchor)"),
+    (np.diag([-1.0, 1, 1]) @ np.array([[1, 0, -199], [0, 1, 0], [0, 0, 1.0]]), "degenerate homography (mirror image)"),
+    (np.diag([1.0, -1, 1]) @ np.array([[1, 0, 0], [0, 1, -149], [0, 0, 1.0]]), "degenerate homography (mirror image)"),
+])
+def test_degenerate_homographies(h, message):
+    assert homography_problem(h, SIZE, SIZE, AlignConfig()) == (message, {})
+
+
+def test_scale_shear_and_overlap_limits_are_named_with_their_values():
+    cfg = AlignConfig()
+    problem, checks = homography_problem(np.diag([4.0, 4, 1]), SIZE, (800, 600), cfg)
+    assert problem == f"extreme homography (scale change {checks['scale']:.2f}, allowed 1/3.0..3.0)"
+    assert problem == "extreme homography (scale change 3.98, allowed 1/3.0..3.0)"
+    problem, _ = homography_problem(np.diag([0.25, 0.25, 1]), SIZE, SIZE, cfg)
+    assert problem.startswith("extreme homography (scale change 0.25")
+    problem, checks = homography_problem(np.diag([4.0, 1, 1]), SIZE, (800, 150), cfg)
+    assert problem == "extreme homography (shear/foreshortening 4.00 > 3.0)" and checks["scale"] == pytest.approx(
+        2 * np.sqrt(199 * 149 / (200 * 150)))
+    shift = np.array([[1, 0, 140], [0, 1, 0], [0, 0, 1.0]])
+    problem, checks = homography_problem(shift, SIZE, SIZE, cfg)
+    assert checks["overlap"] == pytest.approx(59 / 199, rel=1e-6)
+    assert problem == "photo covers only 30% of the anchor (min 30%; --min-overlap)"
+    region = np.array([[100, 0], [199, 0], [199, 149], [100, 149]], np.float64)
+    shifted = np.array([[1, 0, -120], [0, 1, 0], [0, 0, 1.0]])
+    problem, checks = homography_problem(shifted, SIZE, SIZE, cfg, region)
+    assert checks["overlap"] == pytest.approx(0.0)
+    assert problem == "photo covers only 0% of the object (min 30%; --min-overlap)"
+    # Limits are inclusive: exactly the allowed value passes.
+    edge = AlignConfig(max_scale_change=checks_scale_edge(), max_anisotropy=2.0, min_overlap=0.0)
+    assert homography_problem(np.diag([2.0, 1, 1]), SIZE, SIZE, edge)[0] is None
+
+
+def checks_scale_edge() -> float:
+    return float(np.sqrt(2 * 199 * 149 / (200 * 150)))
+
+
+def test_the_limits_follow_the_config():
+    h = np.diag([2.5, 2.5, 1])
+    assert homography_problem(h, SIZE, (500, 375), AlignConfig())[0] is None
+    assert homography_problem(h, SIZE, (500, 375), AlignConfig(max_scale_change=2.0))[0].startswith("extreme")
+    assert homography_problem(np.diag([0.45, 0.45, 1]), SIZE, SIZE, AlignConfig(max_scale_change=2.0))[0].startswith(
+        "extreme")
+    assert homography_problem(np.diag([2.0, 1, 1]), SIZE, (400, 150), AlignConfig(max_anisotropy=1.9))[0].startswith(
+        "extreme homography (shear")
+    shift = np.array([[1, 0, 100], [0, 1, 0], [0, 0, 1.0]])
+    assert homography_problem(shift, SIZE, SIZE, AlignConfig(min_overlap=0.6))[0].startswith("photo covers only 50%")
+    assert homography_problem(shift, SIZE, SIZE, AlignConfig(min_overlap=0.4))[0] is None
+
+
+# ----------------------------------------------------------------------------------------------
+# agreement
+
+
+def _frame_pair(shift: float = 0.0):
+    img = object_image("astronaut", 160)
+    anchor = prepare(img)
+    t = np.array([[1, 0, shift], [0, 1, 0], [0, 0, 1.0]])
+    moved = cv2.warpPerspective(img, t, (img.shape[1], img.shape[0]), flags=cv2.INTER_LINEAR,
+                                borderMode=cv2.BORDER_REFLECT)
+    return anchor, prepare(moved), t
+
+
+def test_percentile_and_cell_side():
+    grid = np.array([[np.nan, 0.1, 0.2], [0.3, 0.4, np.nan], [0.5, 0.6, 0.7]])
+    value, n = _percentile(grid)
+    assert n == 7 and value == pytest.approx(np.percentile([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7], 90))
+    assert _percentile(np.full((2, 2), np.nan)) == (None, 0)
+    anchor = prepare(object_image("astronaut", 160))
+    assert _cell(anchor, AlignConfig()) == 32 and _cell(anchor, AlignConfig(cell=500)) == min(anchor.grey.shape)
+
+
+def test_cells_of_a_photo_against_itself_correlate_fully():
+    anchor, _, _ = _frame_pair()
+    cfg = AlignConfig()
+    grid = cell_correlations(anchor, anchor, np.eye(3), cfg)
+    h, w = anchor.grey.shape
+    assert grid.shape == (h // 32, w // 32)
+    finite = grid[np.isfinite(grid)]
+    assert len(finite) >= 0.8 * grid.size and np.allclose(finite, 1.0, atol=1e-4)
+    score, cells = agreement(anchor, anchor, np.eye(3), cfg)
+    assert score == pytest.approx(1.0, abs=1e-4) and cells == len(finite)
+    # The negative image anti-correlates: each cell's NCC is -1.
+    neg = prepare(255 - object_image("astronaut", 160))
+    assert np.allclose(cell_correlations(anchor, neg, np.eye(3), cfg)[np.isfinite(grid)], -1.0, atol=0.05)
+
+
+def test_cells_the_photo_does_not_cover_or_without_texture_are_nan():
+    anchor, photo, t = _frame_pair(shift=0.0)
+    cfg = AlignConfig()
+    away = np.array([[1, 0, 80], [0, 1, 0], [0, 0, 1.0]])  # the photo lands on the right half only
+    grid = cell_correlations(anchor, photo, away, cfg)
+    assert np.isnan(grid[:, :2]).all() and np.isfinite(grid[:, 3:]).any()
+    flat = prepare(np.full((160, 160, 3), 128, np.uint8))
+    assert np.isnan(cell_correlations(flat, flat, np.eye(3), cfg)).all()
+    assert agreement(flat, flat, np.eye(3), cfg) == (None, 0)
+
+
+def test_a_misaligned_homography_agrees_less():
+    anchor, photo, t = _frame_pair(shift=3.0)
+    cfg = AlignConfig()
+    right, _ = agreement(anchor, photo, np.linalg.inv(t), cfg)
+    wrong, _ = agreement(anchor, photo, np.eye(3), cfg)
+    assert right > 0.95 and wrong < right - 0.3
+
+
+def test_agreeing_cells_mark_the_good_cells_in_work_px():
+    anchor = prepare(object_image("astronaut", 160))
+    cfg = AlignConfig(cell=32)
+    h, w = anchor.grey.shape
+    grid = np.full((h // 32, w // 32), 0.9)
+    grid[0, 0] = 0.1  # disagrees
+    grid[0, 1] = np.nan  # not judged
+    grid[1, 1] = 0.44  # below half the 90th percentile (0.45)
+    grid[1, 2] = 0.46  # above it
+    mask = _agreeing_cells(anchor, grid, cfg)
+    assert mask.shape == (h, w) and mask.dtype == bool
+    assert not mask[:32, :64].any() and not mask[32:64, 32:64].any() and mask[32:64, 64:96].all()
+    assert mask[64:64 + 32, :32].all() and mask.sum() == (grid.size - 3) * 32 * 32
+    assert not mask[(h // 32) * 32:, :].any()  # the partial cells at the border are not judged
+    assert _agreeing_cells(anchor, np.full(grid.shape, np.nan), cfg) is None
+    few = np.full(grid.shape, np.nan)
+    few[0, :3] = 0.9
+    assert _agreeing_cells(anchor, few, cfg) is None  # fewer than 4 cells: no mask
+    few[1, 0] = 0.9
+    assert _agreeing_cells(anchor, few, cfg).sum() == 4 * 32 * 32
+    low = np.full(grid.shape, 0.15)  # all low: nothing clears the absolute floor of 0.2
+    assert _agreeing_cells(anchor, low, cfg) is None
+
+
+# ----------------------------------------------------------------------------------------------
+# align's early rejections (the accuracy is tests/test_align.py's)
+
+
+def test_too_few_features_and_matches_are_counted_in_the_reason():
+    cap = make_capture("astronaut", k=1, seed=0, ref_size=(192, 160))
+    cfg = AlignConfig()
+    anchor = prepare(cap.reference, cfg)
+    res = align(anchor, prepare(cap.photos[0], cfg), AlignConfig(min_inliers=100000))
+    n = len(prepare(cap.photos[0], cfg).keypoints)
+    assert res.reason == f"too few features ({n} < 100000; blank, blurred or dark photo?)" and res.matches == 0
+    photo = prepare(cap.photos[0], cfg)
+    res = align(anchor, photo, AlignConfig(min_inliers=n - 1))  # the ratio test always drops some
+    assert res.matches < n - 1
+    assert res.reason == f"too few feature matches ({res.matches} < {n - 1}; another object?)"
+    res = align(anchor, photo, AlignConfig(min_inliers=res.matches))  # RANSAC drops a few more
+    assert res.reason == (f"too few RANSAC inliers ({res.inliers} < {res.matches} of {res.matches} matches; "
+                          "another object? --min-inliers)")
+
+
+def test_an_accepted_alignment_reports_its_checks():
+    cap = make_capture("astronaut", k=1, seed=5, ref_size=(192, 160))
+    cfg = AlignConfig()
+    res = align(prepare(cap.reference, cfg), prepare(cap.photos[0], cfg), cfg)
+    assert res.ok and res.homography[2, 2] == pytest.approx(1.0)
+    assert set(res.checks) >= {"scale", "anisotropy", "overlap", "spread", "inlier_ratio", "reprojection_px", "cells"}
+    assert res.checks["inlier_ratio"] == pytest.approx(res.inliers / res.matches)
+    assert 0 < res.checks["spread"] <= 1 and res.checks["reprojection_px"] < cfg.ransac_threshold
+    assert res.matches >= res.inliers >= cfg.min_inliers and res.refined == "ecc" and res.ecc is not None
+    off = align(prepare(cap.reference, cfg), prepare(cap.photos[0], cfg), AlignConfig(ecc=False))
+    assert off.ok and off.refined == "off" and off.ecc is None and off.ecc_shift is None
