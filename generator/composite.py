@@ -13,6 +13,7 @@ cover directly and only encodes `image`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,14 +48,17 @@ def composite_cover(passes: dict[str, np.ndarray], cover_linear: np.ndarray, alb
 @dataclass
 class FrameMasks:
     occluder: np.ndarray  # uint8 (H, W): an occluder covers most of the pixel
-    shadow: np.ndarray  # uint8 (H, W): the cover gets under 60 % of its unshadowed direct light
+    shadow: np.ndarray  # uint8 (H, W): the cover gets under 60 % of the light it would get unoccluded
     specular: np.ndarray  # uint8 (H, W): glossy reflection brighter than 15 % of white
 
 
 def unshadowed_irradiance(lights: list[dict], resolution: int, plane_half: float = 0.5) -> np.ndarray:
-    """Analytic direct irradiance of point lights on the plane, ignoring every occluder.
+    """Analytic direct light of point lights on the plane, ignoring every occluder: (H, W, 3).
 
-    Returns (H, W, 3), up to a global constant (estimated against the render in `frame_masks`).
+    In the units of the `diffuse_light` pass (white = 1): a point light of power P (watts) at
+    distance d gives a Lambertian plane P cos / (4 pi^2 d^2) times its colour in Cycles (the same
+    relation generator.scene_spec.sample_light uses to set powers). An occluder-free render matches
+    it to a few per cent (tests/test_render_worker.py).
     """
     coords = (np.arange(resolution) + 0.5) / resolution * 2 * plane_half - plane_half
     x = coords[None, :]
@@ -64,23 +68,27 @@ def unshadowed_irradiance(lights: list[dict], resolution: int, plane_half: float
         lx, ly, lz = light["position"]
         d2 = (lx - x) ** 2 + (ly - y) ** 2 + lz**2
         cos = lz / np.sqrt(d2)
-        total += (light["power"] * cos / d2)[..., None] * np.asarray(light["color"])[None, None, :]
+        total += (light["power"] * cos / (4.0 * math.pi**2 * d2))[..., None] * np.asarray(light["color"])[None, None, :]
     return total.astype(np.float32)
 
 
-def frame_masks(passes: dict[str, np.ndarray], lights: list[dict]) -> FrameMasks:
-    """Masks from the passes of one render. Only denoised (or high-sample) passes are used, so
-    the masks are not speckled by low-sample noise."""
+def frame_masks(passes: dict[str, np.ndarray], lights: list[dict], ambient: float) -> FrameMasks:
+    """Masks from the passes of one render (`lights`, `ambient`: the image's FrameSpec values). Only
+    denoised (or high-sample) passes are used, so the masks are not speckled by low-sample noise.
+
+    Shadow: the light a visible cover pixel receives (`diffuse_light`, direct + indirect) against
+    what it would receive with no occluder, which is known in absolute terms: the point lights'
+    analytic irradiance plus the world's uniform fill (a white background of strength A lights an
+    unobstructed plane with A per channel). No percentile or fitted constant, so a frame whose
+    fill light or a grazing lamp makes the light uneven is not marked as shadowed where it is lit.
+    """
     plane = passes["plane"]
     occluder = plane < 0.5
     visible = ~occluder
     diffuse = passes["diffuse_color"] * passes["diffuse_light"]
-    expected = unshadowed_irradiance(lights, plane.shape[0]).sum(-1)
+    expected = unshadowed_irradiance(lights, plane.shape[0]).sum(-1) + 3.0 * float(ambient)
     ratio = passes["diffuse_light"].sum(-1) / np.maximum(expected, 1e-12)
-    # The unknown global constant: most of the visible cover is lit, so a high percentile of the
-    # ratio is the unshadowed level.
-    level = np.percentile(ratio[visible], 90) if visible.any() else 1.0
-    shadow = visible & (ratio < 0.6 * level)
+    shadow = visible & (ratio < 0.6)
     # Whatever the render holds beyond the diffuse term on the cover is glossy reflection.
     glossy = (passes["image"] - diffuse).max(-1)
     specular = visible & (glossy > 0.15)

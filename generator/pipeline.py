@@ -208,7 +208,8 @@ class ShardRenderer:
         if cfg.camera.enabled:  # phone effects on the inputs only; QA judges the render itself
             inputs, camera = photograph(linear, cfg.camera, cfg.seed, spec.sequence_id, spec.attempt)
         spec_dict = spec.to_dict()
-        masks = [frame_masks(p, spec_dict["frames"][j]["lights"]) for j, p in enumerate(lighting["frames"])]
+        frames = spec_dict["frames"]
+        masks = [frame_masks(p, frames[j]["lights"], frames[j]["ambient"]) for j, p in enumerate(lighting["frames"])]
         stats.timings["composite"] += t1 - t0
         stats.timings["encode"] += time.perf_counter() - t1
         for j, (lin, srgb) in enumerate(zip(linear, rendered, strict=True)):
