@@ -13,10 +13,12 @@ import json
 import logging
 import os
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tqdm import tqdm
 
 from generator import __version__, rerender
 from generator.config import GenerateConfig
@@ -64,6 +66,16 @@ def damage(dataset: Path) -> None:
     data[len(data) // 2] ^= 0x01
     victim.write_bytes(bytes(data))
     shard_path(dataset, 2).unlink()
+
+
+@pytest.fixture(autouse=True)
+def private_tqdm(monkeypatch):
+    """A private lock and no monitor thread for the progress bars these tests show. tqdm's default
+    lock is a multiprocessing semaphore, shared with every process forked after it was made: a test
+    runner that forks one child per run (mutmut) and kills one mid-write left the next ones waiting
+    on it forever."""
+    monkeypatch.setattr(tqdm, "monitor_interval", 0)
+    monkeypatch.setattr(tqdm, "_lock", threading.RLock(), raising=False)
 
 
 @pytest.fixture(autouse=True)
