@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> None:
     cfg = AlignConfig()
     kept = genuine = intruders = intruders_kept = 0
     errs_mean, errs_max, reasons, margins, quads = [], [], {}, {"genuine": [], "intruder": []}, []
+    worst: list[list] = []
     seconds = photos_read = 0.0
     stages: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -63,6 +64,7 @@ def run(args: argparse.Namespace) -> None:
                 stages[stage] = stages.get(stage, 0.0) + sec
             photos_read += len(names)
             accepted = {im["file"]: np.array(im["homography"]) for im in res.params.get("images", [])}
+            accepted_rec = {im["file"]: im for im in res.params.get("images", [])}
             quad = res.params.get("quad", {})
             if quad.get("corners") is not None:
                 quads.append((np.linalg.norm(np.array(quad["corners"]) - cap.quad, axis=1).max() / np.hypot(*size),
@@ -76,6 +78,12 @@ def run(args: argparse.Namespace) -> None:
                     e = residuals(accepted[name], cap.truth[i], cap.quad)
                     errs_mean.append(float(np.sqrt(np.mean(e ** 2))))
                     errs_max.append(float(e.max()))
+                    if errs_mean[-1] > 0.3:  # the photos behind the tail, for the report
+                        rec = accepted_rec[name]
+                        worst.append([errs_mean[-1], f"seq {s} {name} ({cap.info['table']}, "
+                                      f"blur {cap.info['photos'][i].get('motion_blur_px', 0)} px, "
+                                      f"{rec['inliers']} inliers, refined {str(rec['refined'])[:40]}, "
+                                      f"fine step {rec['checks'].get('ecc_fine')})"])
             for r in res.rejected_photos:
                 key = r["reason"].split("(")[0].strip()
                 reasons[key] = reasons.get(key, 0) + 1
@@ -93,7 +101,7 @@ def run(args: argparse.Namespace) -> None:
     raw = {"sequences": args.sequences, "photos": args.photos, "size": list(size), "resolution": args.resolution,
            "kept": kept, "genuine": genuine, "intruders": intruders, "intruders_kept": intruders_kept,
            "errs_mean": errs_mean, "errs_max": errs_max, "seconds": seconds, "photos_read": photos_read, "stages": stages,
-           "reasons": reasons, "quads": [[q, str(src)] for q, src in quads], "margins": margins}
+           "reasons": reasons, "quads": [[q, str(src)] for q, src in quads], "margins": margins, "worst": worst}
     if args.json:
         args.json.write_text(json.dumps(raw) + "\n")
     report(raw, args)
@@ -106,8 +114,8 @@ def _combined(paths: list[Path]) -> tuple[dict]:
     for r in runs[1:]:
         for key in ("sequences", "kept", "genuine", "intruders", "intruders_kept", "seconds", "photos_read"):
             out[key] += r[key]
-        for key in ("errs_mean", "errs_max", "quads"):
-            out[key] = out[key] + r[key]
+        for key in ("errs_mean", "errs_max", "quads", "worst"):
+            out[key] = out.get(key, []) + r.get(key, [])
         for kind in ("genuine", "intruder"):
             out["margins"][kind] = out["margins"][kind] + r["margins"][kind]
         for stage, sec in r.get("stages", {}).items():
@@ -134,6 +142,8 @@ def report(raw: dict, args: argparse.Namespace) -> None:
               f"(goal <= 0.3 mean, <= 0.7 worst)")
         print(f"  largest single-point error: median photo {np.median(m):.3f}, worst {m.max():.3f}; "
               f"photos under 0.7 px everywhere: {100 * np.mean(m <= 0.7):.1f} %")
+        for rms, what in sorted(raw.get("worst", []), reverse=True):
+            print(f"  {rms:.3f} px RMS: {what}")
     print(f"ingest seconds per photo (read + outline + align + warp, {size[0] * size[1] / 1e6:.1f} MP, "
           f"1 thread): {seconds / max(photos_read, 1):.2f} s")
     stages = raw.get("stages", {})
