@@ -7,11 +7,15 @@
 What a document scanner does, for a cover lying on a table: candidates come from two detectors,
 (1) contours of the edge map (Canny at a few thresholds) approximated by four-sided convex
 polygons, and (2) the largest region whose colour differs from the image border's (the table).
-Each candidate is scored by edge support: the fraction of points along its four sides where the
+Each candidate's sides are first snapped onto the strongest straight edges within a few px (a
+colour blob's polygon lies a little off the cover's edges, more so on a textured table), then it
+is scored by edge support: the fraction of points along its four sides where the
 image gradient is strong and across the side. The best one is refined to sub-pixel corners by
 fitting a line to the strongest edge along each side and intersecting the lines. A quad is
-reported only when it is convincing (enough edge support, a plausible size and shape); otherwise
-`quad` is None and `reason` says why, and callers fall back to a square crop.
+reported only when it is convincing (enough edge support, a plausible size and shape); when the
+two detectors' best outlines differ, the one that encloses the other wins (the other is a frame
+printed on the cover), and two that cross are a contradiction. Otherwise `quad` is None and
+`reason` says why, and callers fall back to a square crop.
 
 The aspect ratio of a perspective view of a rectangle is recovered as in Zhang & He, "Whiteboard
 scanning and image enhancement" (2007): the focal length follows from the quad's vanishing
@@ -31,6 +35,7 @@ import numpy as np
 DETECT_SIDE = 512  # px, long side the detectors run at
 MIN_SUPPORT = 0.8  # edge support (of the weakest side) needed to trust a quad
 MIN_AREA, MAX_AREA = 0.08, 0.97  # fraction of the image a cover may fill
+SNAP_REACH = 12  # px (detector), how far a candidate's side may move onto a straight edge
 
 
 @dataclass
@@ -109,6 +114,13 @@ def find_quad(image: np.ndarray) -> QuadResult:
             problems.append(problem)
             continue
         support = edge_support(grad, cand)
+        # A candidate from a blurred colour blob or a rounded contour lies a few px off the cover's
+        # edges: snap its sides onto the strongest straight edges nearby, and keep what is better.
+        snapped = _refine(grad, _refine(grad, cand, reach=SNAP_REACH), reach=4)
+        if snapped is not cand and not _shape_problem(snapped, size):
+            snapped_support = edge_support(grad, snapped)
+            if snapped_support > support:
+                cand, support = snapped, snapped_support
         best_support = max(best_support, support)
         if support >= MIN_SUPPORT:
             convincing.append((cv2.contourArea(cand.astype(np.float32)), support, source, cand))
@@ -124,16 +136,28 @@ def find_quad(image: np.ndarray) -> QuadResult:
     for area, support, source, cand in convincing:
         if source not in best or area > best[source][0]:
             best[source] = (area, support, source, cand)
+    sources = "+".join(best)
+    chosen = best.get("edges", best.get("colour"))
     if len(best) == 2:
         q_e, q_c = best["edges"][3], best["colour"][3]
         if np.linalg.norm(q_e - q_c, axis=1).max() > 0.02 * float(np.hypot(*size)):
-            return QuadResult(None, "the edge and colour detectors disagree on the outline",
-                              min(best["edges"][1], best["colour"][1]))
-    sources = "+".join(best)
-    _, support, _, best = best.get("edges", best.get("colour"))
+            # One may be a rectangle printed on the cover, which the outline encloses; two outlines
+            # that cross are a contradiction.
+            large, small = sorted((best["edges"], best["colour"]), key=lambda b: -b[0])
+            if not _encloses(large[3], small[3]):
+                return QuadResult(None, "the edge and colour detectors disagree on the outline",
+                                  min(best["edges"][1], best["colour"][1]))
+            chosen, sources = large, large[2]
+    _, support, _, best = chosen
     refined = _refine(grad, best)
     quad = (refined + 0.5) / s - 0.5  # detector px -> image px (pixel centres)
     return QuadResult(quad, None, support, sources)
+
+
+def _encloses(outer: np.ndarray, inner: np.ndarray) -> bool:
+    """Whether every corner of quad `inner` lies inside (or within 2 px of) quad `outer`."""
+    contour = outer.astype(np.float32).reshape(-1, 1, 2)
+    return all(cv2.pointPolygonTest(contour, (float(x), float(y)), True) >= -2 for x, y in inner)
 
 
 def _gradients(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
