@@ -9,7 +9,8 @@ The object is flat, so one homography maps every photo onto the anchor. It is fo
 1. features (SIFT, or ORB) matched with Lowe's ratio test, then a RANSAC (MAGSAC++) homography:
    robust to large motion, occluders and light, but only as accurate as the keypoints (~1 px);
    with too few inliers the features are matched again on half-size copies (a motion blur is
-   half as long there);
+   half as long there), and when the strongest consistent set gives an implausible homography
+   (a repeating table pattern) the next strongest, among the other matches, is tried;
 2. ECC refinement (cv2.findTransformECC, MOTION_HOMOGRAPHY), started from step 1, coarse to fine,
    on locally normalised images (each pixel minus its neighbourhood mean, over its neighbourhood
    spread): gain, colour casts and soft shading cancel out, so what is matched is the texture of
@@ -36,7 +37,7 @@ If ECC fails, or lands far from the feature estimate, or fits the feature inlier
 than it (ECC fitted a one-sided patch of texture and tilted the rest), or agrees less than it, the
 feature estimate is kept (and said so in `Alignment.refined`): ECC is a refinement, not a judge.
 `Alignment.checks` records how: ecc_coarse / ecc_fine_cc (correlations), ecc_fine (1 fine step
-kept, 2 kept after matching the blur, 0 coarse result kept), blur_px, half_size_features.
+kept, 2 kept after matching the blur, 0 coarse result kept), blur_px, half_size_features, second_model.
 
 Alignment is done on a "work" copy whose long side is at most `work_size` pixels (speed), but the
 homography returned is in full-resolution pixel coordinates of the two images given (pixel
@@ -555,6 +556,17 @@ def align(anchor: Frame, photo: Frame, cfg: AlignConfig = AlignConfig()) -> Alig
                       "another object? --min-inliers)")
         return res
     problem, checks = homography_problem(h_work, photo.work_size, anchor.work_size, cfg, anchor.region)
+    if problem and (~inl).sum() >= cfg.min_inliers:
+        # The strongest consistent set can be the wrong one (a repeating table pattern, a shifted
+        # copy of it): the next strongest, among the other matches, gets its chance, and the same checks.
+        h2, inl2 = _ransac(src[~inl], dst[~inl], cfg)
+        if h2 is not None and inl2.sum() >= cfg.min_inliers:
+            problem2, checks2 = homography_problem(h2, photo.work_size, anchor.work_size, cfg, anchor.region)
+            if problem2 is None:
+                src, dst = src[~inl], dst[~inl]
+                h_work, inl, problem, checks = h2, inl2, None, checks2
+                res.matches, res.inliers = len(src), int(inl.sum())
+                res.checks["second_model"] = 1.0
     res.checks.update(checks)
     if problem:
         res.reason = problem
