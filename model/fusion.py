@@ -1,7 +1,8 @@
 """The full-resolution fusion network ("drs_fusion", the default architecture).
 
     K photos --robust centre c (per pixel, iteratively reweighted: ~ the set's geometric median)
-             --each photo + its difference from c --> context encoder at 1/4 resolution
+             --each photo + its difference from c, area-downsampled by f so the cover spans
+               ~context_size (128) px as in training --> context encoder at 1/4 of that
              --set mean and max of the context, broadcast back to every photo
              --per-pixel, per-photo logit --> softmax over the set --> weighted sum of the PHOTOS
              --x smooth gain + bias from the pooled context (the light) + small residual
@@ -18,8 +19,12 @@ one out here", hence that input.
 Everything across the set is a mean, a max or a softmax-weighted sum, so the network is
 permutation invariant, takes any K >= 1, and model/fusion_online.py computes the very same output
 streaming one photo at a time in memory independent of K (several passes over the photos).
-Every convolution is zero-padded without normalisation, so tiles with a halo of
-`radius()` pixels reproduce the whole-image result (model/tiling.py).
+Every convolution is zero-padded without normalisation, so tiles aligned to context cells (4f
+pixels) with a halo of a few cells reproduce the whole-image result (model/tiling.py).
+
+The context factor f: a network trained on 128 px renders lost 3 dB of raw PSNR at 256 px when its
+context ran at the photos' own resolution (occluders and sheens twice the size it had learned), and
+gained it back with f = 2. It also makes a 4K restore cheap: there the context runs at ~128 px.
 """
 
 from __future__ import annotations
@@ -91,22 +96,26 @@ class FusionNet(nn.Module):
 
     arch: str = "custom"
     arch_args: dict[str, Any]
-    # drs-restore's tile size for this design: its logits see ~140 px around each pixel, so 1024 px
-    # tiles would recompute ~60 % extra at the halos; 2048 px tiles keep a 4K restore under 2 GB.
+    # drs-restore's tile size for this design: the halos are a few context cells (4f px each; f = 32
+    # for a 4K photo), which 2048 px tiles recompute at small cost, and a 4K restore stays under 2 GB.
     default_tile = 2048
 
     def __init__(self, planes: int = 12, context_channels: int = 32, context_blocks: int = 4,
-                 context_dilations: list[int] | tuple[int, ...] = (1, 2, 4, 8), centre_iterations: int = 3):
+                 context_dilations: list[int] | tuple[int, ...] = (1, 2, 4, 8), centre_iterations: int = 3,
+                 context_size: int = 128):
         super().__init__()
         for name, value in (("planes", planes), ("context_channels", context_channels)):
             if int(value) < 2:
                 raise ValueError(f"{name}={value}: must be >= 2")
+        if int(context_size) < 8:
+            raise ValueError(f"context_size={context_size}: must be >= 8 (pixels across the cover)")
         if int(centre_iterations) < 0:
             raise ValueError(f"centre_iterations={centre_iterations}: must be >= 0")
         if len(context_dilations) == 0 or any(int(d) < 1 for d in context_dilations):
             raise ValueError(f"context_dilations={list(context_dilations)}: needs at least one dilation, all >= 1")
         p, c = planes, context_channels
         self.centre_iterations = int(centre_iterations)
+        self.context_size = int(context_size)
         self.context = ContextEncoder(c, context_blocks, list(context_dilations))
         # Per photo at full resolution: its own fine features ...
         self.detail = nn.Sequential(conv3x3(6, p), nn.ReLU(inplace=True), conv3x3(p, p), nn.ReLU(inplace=True))
@@ -133,21 +142,28 @@ class FusionNet(nn.Module):
         for module in (self.context, self.detail):
             yield from module.parameters()
 
+    def context_factor(self, image_size: tuple[int, int]) -> int:
+        """f: the context branch sees the photos area-downsampled by f, so that the cover spans about
+        `context_size` pixels there, as in the renders the network was trained on, whatever the
+        photos' resolution. Occluders, shadows and sheens are then the size the context learned
+        (a cover is a cover at 256 px or in a 4K photo; measured: at f = 1 a network trained at 128 px
+        lost 3 dB at 256 px), and at 4K the context costs almost nothing."""
+        return max(1, int(min(image_size) / self.context_size + 0.5))
+
     def context_radius(self) -> int:
-        """Full-resolution receptive radius of encode_context()."""
+        """Receptive radius of the context encoder in pixels of its (downsampled) input."""
         return self.context.radius()
 
-    def logit_radius(self) -> int:
-        """Full-resolution receptive radius of photo_logit() with respect to its photo and centre.
+    @staticmethod
+    def logit_halo() -> int:
+        """Halo of photo_logit() in context cells (4f full-resolution pixels) given the photos' own
+        context: mix's 3x3 (1) + bilinear upsampling (1) + detail and to_logit (4 px <= 1 cell)."""
+        return 3
 
-        detail 2 px; context as above; mix 1/4-res 3x3 (4 px) + bilinear x4 upsampling (1 base
-        pixel: 4 px); to_logit 2 px.
-        """
-        return max(2, self.context_radius() + 4 + 4) + 2
-
-    def decode_radius(self) -> int:
-        """Full-resolution receptive radius of decode(): light head 2 base px (8) + upsampling (4); residual 2."""
-        return 8 + 4 + 2
+    @staticmethod
+    def decode_halo() -> int:
+        """Halo of decode() in context cells: the light head's two 3x3 (2) + upsampling (1) + residual (2 px <= 1)."""
+        return 4
 
     # ------------------------------------------------------------------ pieces (each tiles)
     @staticmethod
@@ -155,52 +171,69 @@ class FusionNet(nn.Module):
         """A photo and its difference from the robust centre: (N, 3, H, W) x2 -> (N, 6, H, W)."""
         return torch.cat([x, x - centre], dim=1)
 
-    def encode_context(self, x: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) photos and (1 or N, 3, H, W) centre, H, W multiples of 4 -> (N, C, H/4, W/4)."""
-        return self.context(self.photo_input(x, centre.expand_as(x)))
+    @staticmethod
+    def downsample(x: torch.Tensor, factor: int) -> torch.Tensor:
+        """Area average over factor x factor blocks (H, W multiples of factor); the identity at 1."""
+        return x if factor == 1 else F.avg_pool2d(x, factor)
+
+    def encode_small(self, x_small: torch.Tensor, centre_small: torch.Tensor) -> torch.Tensor:
+        """Photos and centre already downsampled by f, sides multiples of 4 -> (N, C, H/4f, W/4f)."""
+        return self.context(self.photo_input(x_small, centre_small.expand_as(x_small)))
+
+    def encode_context(self, x: torch.Tensor, centre: torch.Tensor, factor: int = 1) -> torch.Tensor:
+        """(N, 3, H, W) photos and (1 or N, 3, H, W) centre, H, W multiples of 4f -> (N, C, H/4f, W/4f).
+        The area average is linear, so photo and centre are downsampled before the difference is taken."""
+        return self.encode_small(self.downsample(x, factor), self.downsample(centre, factor))
 
     def photo_logit(self, x: torch.Tensor, centre: torch.Tensor, ctx_mean: torch.Tensor, ctx_max: torch.Tensor,
-                    own: torch.Tensor | None = None) -> torch.Tensor:
+                    own: torch.Tensor, factor: int = 1) -> torch.Tensor:
         """How much to trust each photo at each pixel: (N, 3, H, W) photos -> (N, 1, H, W) logits.
 
-        centre (1|N, 3, H, W); ctx_mean, ctx_max (1|N, C, H/4, W/4): the set-pooled context;
-        own: the photos' own encode_context() output when already computed (batched forward).
+        centre (1|N, 3, H, W); own (N, C, H/4f, W/4f): the photos' encode_context(); ctx_mean,
+        ctx_max (1|N, C, H/4f, W/4f): the set-pooled context.
         """
-        a = self.photo_input(x, centre.expand_as(x))
-        if own is None:
-            own = self.context(a)
         n = x.shape[0]
         g = torch.cat([own, ctx_mean.expand(n, -1, -1, -1), ctx_max.expand(n, -1, -1, -1)], dim=1)
-        g = F.interpolate(self.mix(g), scale_factor=4, mode="bilinear", align_corners=False)
-        return self.to_logit(torch.cat([self.detail(a), g], dim=1))
+        g = F.interpolate(self.mix(g), scale_factor=4 * factor, mode="bilinear", align_corners=False)
+        return self.to_logit(torch.cat([self.detail(self.photo_input(x, centre.expand_as(x))), g], dim=1))
 
     def decode(self, fused: torch.Tensor, centre: torch.Tensor, ctx_mean: torch.Tensor,
-               ctx_max: torch.Tensor) -> torch.Tensor:
-        """Softmax-fused photos (B, 3, H, W), centre (B, 3, H, W), pooled context (B, C, H/4, W/4) -> (B, 3, H, W)."""
-        light = F.interpolate(self.light(torch.cat([ctx_mean, ctx_max], dim=1)), scale_factor=4,
+               ctx_max: torch.Tensor, factor: int = 1) -> torch.Tensor:
+        """Softmax-fused photos (B, 3, H, W), centre (B, 3, H, W), pooled context (B, C, H/4f, W/4f) -> (B, 3, H, W)."""
+        light = F.interpolate(self.light(torch.cat([ctx_mean, ctx_max], dim=1)), scale_factor=4 * factor,
                               mode="bilinear", align_corners=False)
         gain, bias = light[:, :3], light[:, 3:]
         return fused * (1.0 + gain) + bias + self.residual(torch.cat([fused, centre], dim=1))
 
     # ------------------------------------------------------------------ batched forward
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, image_size: tuple[int, int] | None = None) -> torch.Tensor:
         """x (B, K, 3, H, W) in [0, 1] -> (B, 3, H, W). Holds every photo's features at once;
-        model/fusion_online.py gives the same result in memory independent of K."""
+        model/fusion_online.py gives the same result in memory independent of K.
+
+        image_size: the (H, W) of the whole photos when x is a crop of them (training), so the
+        context sees the cover at the scale it will see at inference; None: x's own size."""
         if x.dim() != 5 or x.shape[2] != 3:
             raise ValueError(f"expected x of shape (B, K, 3, H, W), got {tuple(x.shape)}")
         from model.network import pad_to_multiple  # one padding rule for every architecture
 
         b, k, _, height, width = x.shape
-        xp = pad_to_multiple(x, PAD_MULTIPLE)
+        f = self.context_factor(image_size or (height, width))
+        xp = pad_to_multiple(x, PAD_MULTIPLE * f)
         centre = robust_centre(xp, self.centre_iterations)
         flat = xp.reshape(b * k, *xp.shape[2:])
-        centre_k = centre.repeat_interleave(k, dim=0)
-        own = self.encode_context(flat, centre_k)
+        own = self.encode_small(self.downsample(flat, f), self.downsample(centre, f).repeat_interleave(k, dim=0))
         pooled = own.reshape(b, k, *own.shape[1:])
         ctx_mean, ctx_max = pooled.mean(dim=1), pooled.amax(dim=1)
-        logits = self.photo_logit(flat, centre_k, ctx_mean.repeat_interleave(k, dim=0),
-                                  ctx_max.repeat_interleave(k, dim=0), own=own)
+        logits = self.photo_logit(flat, centre.repeat_interleave(k, dim=0), ctx_mean.repeat_interleave(k, dim=0),
+                                  ctx_max.repeat_interleave(k, dim=0), own, f)
         weights = torch.softmax(logits.reshape(b, k, 1, *logits.shape[-2:]), dim=1)
         fused = (weights * xp).sum(dim=1)
-        out = self.decode(fused, centre, ctx_mean, ctx_max)
+        out = self.decode(fused, centre, ctx_mean, ctx_max, f)
         return out[..., :height, :width]
+
+
+def fusion_kwargs(net: nn.Module, image_size: tuple[int, int] | None) -> dict[str, Any]:
+    """Keyword arguments of a forward on crops of photos of `image_size`: FusionNet takes the size
+    (its context factor); other architectures take none."""
+    net = getattr(net, "module", net)  # unwrap DistributedDataParallel
+    return {"image_size": tuple(image_size)} if isinstance(net, FusionNet) and image_size else {}

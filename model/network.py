@@ -52,7 +52,7 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
     "drs_base": {**_COMMON, "planes": 18, "encoder_blocks": 10, "decoder_blocks": 5, "refine_blocks": 6},
     "drs_paper": {**_COMMON, "planes": 18, "encoder_blocks": 10, "decoder_blocks": 5, "refine_blocks": 6},
     "drs_fusion": {"planes": 12, "context_channels": 32, "context_blocks": 4, "context_dilations": [1, 2, 4, 8],
-                   "centre_iterations": 3},
+                   "centre_iterations": 3, "context_size": 128},
 }
 FUSION_ARCHITECTURES = ("drs_fusion",)
 DEFAULT_ARCH = "drs_fusion"

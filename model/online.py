@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from model.network import DeepResidualSet, pad_to_multiple
+from model.network import PAD_MULTIPLE, DeepResidualSet, pad_to_multiple
 from model.tiling import base_halo, base_tile, run_tiled
 
 
@@ -69,7 +69,8 @@ def _check_image(img: torch.Tensor, index: int, size: tuple[int, int] | None) ->
 
 def prepare_inference(net: torch.nn.Module, device: str | torch.device | None, half: bool, channels_last: bool):
     """Move `net` to `device` in eval mode (channels-last if asked); returns (net, prepare, autocast):
-    prepare(img (3, H, W)) -> padded float32 (1, 3, H', W') on the device, autocast a context manager."""
+    prepare(img (3, H, W), multiple=4) -> float32 (1, 3, H', W') on the device, padded to the multiple;
+    autocast a context manager."""
     device = torch.device(device) if device is not None else next(net.parameters()).device
     if half and device.type != "cuda":
         raise ValueError(f"half precision needs a CUDA device, got {device}")
@@ -79,8 +80,8 @@ def prepare_inference(net: torch.nn.Module, device: str | torch.device | None, h
         net = net.to(memory_format=torch.channels_last)
     autocast = torch.autocast("cuda", dtype=torch.float16) if half else contextlib.nullcontext()
 
-    def prepare(img: torch.Tensor) -> torch.Tensor:
-        return pad_to_multiple(img.to(device=device, dtype=torch.float32))[None].contiguous(memory_format=fmt)
+    def prepare(img: torch.Tensor, multiple: int = PAD_MULTIPLE) -> torch.Tensor:
+        return pad_to_multiple(img.to(device=device, dtype=torch.float32), multiple)[None].contiguous(memory_format=fmt)
 
     return net, prepare, autocast
 

@@ -59,9 +59,9 @@ def run_tiled(
     return out
 
 
-def base_tile(tile_px: int | None) -> int | None:
-    """A tile size in full-resolution pixels -> base (1/4 resolution) pixels, at least 1."""
-    return None if tile_px is None or tile_px <= 0 else max(1, math.ceil(tile_px / 4))
+def base_tile(tile_px: int | None, cell: int = 4) -> int | None:
+    """A tile size in full-resolution pixels -> base pixels (`cell` full-resolution pixels each), at least 1."""
+    return None if tile_px is None or tile_px <= 0 else max(1, math.ceil(tile_px / cell))
 
 
 def base_halo(radius_px: int) -> int:

@@ -11,7 +11,6 @@ from model import DEFAULT_ARCH, FusionNet, build_model, model_from_checkpoint
 from model.checkpoint import save_checkpoint
 from model.fusion import robust_centre
 from model.online import restore_online
-from model.tiling import base_halo
 
 
 @pytest.fixture(autouse=True)
@@ -105,10 +104,42 @@ def test_streaming_equals_batched_and_reads_the_photos_once_per_pass():
 @pytest.mark.parametrize(("h", "w", "tile"), [(150, 122, 32), (96, 200, 40)])
 def test_tiled_equals_untiled(h, w, tile):
     net = trained_looking()
-    assert base_halo(net.logit_radius()) * 4 + tile < max(h, w), "tiling would be a no-op"
+    assert net.logit_halo() * 4 + tile < max(h, w), "tiling would be a no-op"
     x = torch.rand(3, 3, h, w)
     out = restore_online(net, lambda: iter(x), tile=tile)
     assert (out - batched(net, x)).abs().max() < 1e-4
+
+
+def test_context_sees_the_cover_at_its_training_scale():
+    """The context branch works on photos downsampled so the cover spans ~context_size pixels."""
+    net = build_model("drs_fusion")
+    assert net.context_size == 128 and net.arch_args["context_size"] == 128
+    factors = {size: net.context_factor(size) for size in [(96, 96), (128, 128), (200, 300), (256, 256), (2160, 3840)]}
+    assert factors == {(96, 96): 1, (128, 128): 1, (200, 300): 2, (256, 256): 2, (2160, 3840): 17}
+    with pytest.raises(ValueError, match="context_size"):
+        build_model("drs_fusion", context_size=4)
+
+
+@pytest.mark.parametrize(("h", "w", "tile"), [(70, 50, None), (70, 50, 24), (131, 97, 36)])
+def test_downsampled_context_streams_and_tiles_exactly(h, w, tile):
+    """context_size 16 makes f = 3 (70x50) or 6 (131x97): streaming and tiling stay exact."""
+    net = trained_looking(context_size=16)
+    f = net.context_factor((h, w))
+    assert f == round(min(h, w) / 16) and f > 2
+    x = torch.rand(4, 3, h, w)
+    out = restore_online(net, lambda: iter(x), tile=tile)
+    assert out.shape == (3, h, w)
+    assert (out - batched(net, x)).abs().max() < 1e-4
+
+
+def test_a_crop_uses_the_whole_photos_scale():
+    """Training on crops: image_size gives the context the whole photo's factor, and it matters."""
+    net = trained_looking(context_size=16)
+    x = torch.rand(1, 3, 3, 40, 40)
+    with torch.no_grad():
+        own_scale, photo_scale = net(x), net(x, image_size=(80, 80))
+    assert net.context_factor((40, 40)) == 3 and net.context_factor((80, 80)) == 5
+    assert (own_scale - photo_scale).abs().max() > 1e-3
 
 
 def test_full_size_default_tiles_exactly():

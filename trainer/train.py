@@ -32,6 +32,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from generator.dataset_format import write_json_atomic
 from model.checkpoint import CheckpointError
+from model.fusion import fusion_kwargs
 from trainer import checkpoints as ckpt
 from trainer.config import check_config, to_plain
 from trainer.data import SetBatchSampler, ShardSetDataset, make_loader, to_float, validation_batches
@@ -84,6 +85,11 @@ class Run:
     skipped: int = 0
     history: list[dict] = field(default_factory=list)
     stop: StopSignals | None = None  # Slurm's warning and kill signals, acted on between steps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The train step's forward. drs_fusion is told the whole photos' size, so that on a crop its
+        context still sees the cover at the scale it will see at inference (model/fusion.py)."""
+        return self.model(x, **fusion_kwargs(self.net, self.train_set.image_size))
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -225,7 +231,7 @@ def train_step(run: Run, batch: dict) -> tuple[float, float]:
     x = to_float(batch["inputs"].to(run.env.device, non_blocking=True))  # (B, k, 3, H, W) in [0, 1]
     y = to_float(batch["target"].to(run.env.device, non_blocking=True))  # (B, 3, H, W) in [0, 1]
     with run.autocast():
-        pred = run.model(x)
+        pred = run.forward(x)
     loss = compute_loss(pred, y, run.cfg.trainer)
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
@@ -253,7 +259,8 @@ def _eval_net(run: Run) -> nn.Module:
 def run_validation(run: Run) -> None:
     """rank 0: network vs median on the validation set; logs, TensorBoard, best.pt."""
     net = _eval_net(run)
-    metrics, grid = validate(net, run.val_loader, run.env.device, run.autocast)
+    metrics, grid = validate(net, run.val_loader, run.env.device, run.autocast,
+                             image_size=run.val_loader.dataset.image_size)
     run.last_metrics = metrics
     run.history.append({"step": run.step, **metrics})
     log.info(format_validation(run.step, metrics))

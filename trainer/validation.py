@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from model.fusion import fusion_kwargs
 from trainer.baselines import median
 from trainer.data import to_float
 from trainer.logging_utils import image_grid
@@ -21,8 +22,10 @@ def _hwc(t: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def validate(net: nn.Module, loader: DataLoader, device: torch.device, autocast) -> tuple[dict[str, float], torch.Tensor | None]:
-    """Mean PSNR/SSIM of `net` and of the median baseline over `loader`.
+def validate(net: nn.Module, loader: DataLoader, device: torch.device, autocast,
+             image_size: tuple[int, int] | None = None) -> tuple[dict[str, float], torch.Tensor | None]:
+    """Mean PSNR/SSIM of `net` and of the median baseline over `loader` (image_size: the whole
+    photos' size when the loader crops them).
 
     Returns (metrics, grid): metrics has psnr, ssim, median_psnr, median_ssim (dB / unitless), k, n;
     grid is an image row (inputs | output | median | target) of the first sequence, for TensorBoard.
@@ -37,7 +40,7 @@ def validate(net: nn.Module, loader: DataLoader, device: torch.device, autocast)
         inputs, targets = to_float(batch["inputs"]), to_float(batch["target"])  # float in [0, 1], CPU
         x = inputs.to(device)
         with autocast():
-            pred = net(x)
+            pred = net(x, **fusion_kwargs(net, image_size))
         pred = pred.float().clamp(0, 1).cpu()
         k = x.shape[1]
         for b in range(x.shape[0]):
