@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -42,17 +44,26 @@ def _render(out: Path, quality: str, n: int, args, samples: int, seed_salt: int 
         out_dir=str(out), num_sequences=n, sequence_length=args.length, resolution=args.resolution, seed=args.seed,
         sequences_per_shard=n, progress=False, scene=scene, camera=camera,
         render=RenderConfig(quality=quality, reference_samples=samples, seed_salt=seed_salt, threads=args.threads,
-                            covers_per_lighting=args.covers_per_lighting),
+                            covers_per_lighting=args.covers_per_lighting, samples=args.samples),
     )
+    cpu0 = _cpu_seconds()
     start = time.perf_counter()
     generate(cfg)
     seconds = time.perf_counter() - start
+    args.cpu_seconds[out.name] = _cpu_seconds() - cpu0
     images = {}
     for entry in read_manifest(out)["shards"]:
         with ShardReader(out / entry["file"]) as r:
             for rec in r:
                 images[rec.sequence_id] = rec.inputs
     return seconds, images
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the Blender worker is joined when
+    generate() returns): what a render costs however loaded the machine is."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -72,6 +83,7 @@ def main() -> None:
     parser.add_argument("--camera", default="none", help="camera effects (conf/camera/NAME.yaml)")
     parser.add_argument("--threads", type=int, default=0, help="Blender render threads (0: all cores)")
     parser.add_argument("--covers-per-lighting", type=int, default=RenderConfig.covers_per_lighting)
+    parser.add_argument("--samples", type=int, default=RenderConfig.samples, help="fast path samples per pixel (denoised)")
     parser.add_argument("--quick", action="store_true", help="64 px, K=3, 6 fast and 1 reference sequence at 128 spp")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--no-reference", action="store_true",
@@ -80,12 +92,15 @@ def main() -> None:
     if args.quick:
         args.resolution, args.length, args.fast_sequences, args.reference_sequences, args.reference_samples = 64, 3, 6, 1, 128
 
+    args.cpu_seconds = {}
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         fast_s, fast = _render(Path(tmp) / "fast", "fast", args.fast_sequences, args, args.reference_samples)
         plain_s, plain = _render(Path(tmp) / "plain", "reference", args.reference_sequences, args, 16)
         # An independent noise pattern: the cheap renders' samples must not be a subset of its own.
         ref_s, ref = (None, {}) if args.no_reference else _render(
             Path(tmp) / "reference", "reference", args.reference_sequences, args, args.reference_samples, 1)
+    load_after = os.getloadavg()
     rate = {
         "fast": args.fast_sequences / fast_s * 3600,
         "plain16": args.reference_sequences / plain_s * 3600,
@@ -102,18 +117,31 @@ def main() -> None:
         "scene": args.scene,
         "camera": args.camera,
         "covers_per_lighting": args.covers_per_lighting,
+        "fast_samples": args.samples,
+        "load_average_1min_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
         **{f"{k}_sequences_per_hour": round(v, 2) for k, v in rate.items()},
         "speedup_fast_over_plain16": round(rate["fast"] / rate["plain16"], 2),
+        # CPU time per sequence (Blender and this process): load-independent up to cache sharing;
+        # 3600 / it is sequences per core-hour, twice that an upper bound for the 2-core machine.
+        "fast_cpu_seconds_per_sequence": round(args.cpu_seconds["fast"] / args.fast_sequences, 3),
+        "plain16_cpu_seconds_per_sequence": round(args.cpu_seconds["plain"] / args.reference_sequences, 3),
+        "speedup_fast_over_plain16_cpu": round((args.cpu_seconds["plain"] / args.reference_sequences)
+                                               / (args.cpu_seconds["fast"] / args.fast_sequences), 2),
+        "fast_sequences_per_core_hour": round(3600 * args.fast_sequences / args.cpu_seconds["fast"], 1),
         **({} if ref_s is None else {"speedup_fast_over_reference": round(rate["fast"] / rate["reference"], 1)}),
         **{f"psnr_{k}_vs_reference_db_mean": round(float(np.mean(v)), 2) for k, v in fidelity.items()},
         **{f"psnr_{k}_vs_reference_db_min": round(float(np.min(v)), 2) for k, v in fidelity.items()},
     }
     print(f"render throughput at {args.resolution}x{args.resolution}, K={args.length}, scene={args.scene} camera={args.camera} "
-          f"covers_per_lighting={args.covers_per_lighting} (includes Blender start-up)")
+          f"covers_per_lighting={args.covers_per_lighting} fast samples={args.samples} (includes Blender start-up)")
+    print(f"  load average (1 min) before / after: {load_before[0]:.2f} / {load_after[0]:.2f}: ratios are what to compare")
     print(f"  fast (default):        {rate['fast']:9.1f} sequences/hour  ({args.fast_sequences} sequences in {fast_s:.1f} s)")
     print(f"  plain path trace 16spp:{rate['plain16']:9.1f} sequences/hour  ({args.reference_sequences} in {plain_s:.1f} s)")
     if ref_s is not None:
         print(f"  reference {args.reference_samples} spp:     {rate['reference']:9.2f} sequences/hour  ({args.reference_sequences} in {ref_s:.1f} s)")
+    print(f"  fast CPU time: {figures['fast_cpu_seconds_per_sequence']:.2f} s per sequence = "
+          f"{figures['fast_sequences_per_core_hour']:.0f} sequences per core-hour; "
+          f"{figures['speedup_fast_over_plain16_cpu']:.1f}x plain-16 in CPU time")
     print(f"  speed-up fast / plain-16: {figures['speedup_fast_over_plain16']:.1f}x"
           + ("" if ref_s is None else f";  fast / reference: {figures['speedup_fast_over_reference']:.1f}x"))
     for name, values in fidelity.items():
