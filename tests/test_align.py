@@ -174,3 +174,26 @@ def test_config_is_validated():
         AlignConfig(method="surf")
     with pytest.raises(ValueError, match="min_inliers"):
         AlignConfig(min_inliers=0)
+
+
+
+def test_the_matching_blur_of_a_motion_blurred_photo_is_found():
+    """A box (motion) blur flips the sign of fine detail, so a fine-scale ECC of a blurred photo
+    lands off; the fine step then runs against the anchor blurred by the line kernel under which it
+    looks most like the photo. That kernel is the photo's own blur, and no blur is found in a
+    sharp photo."""
+    from generator.align import _line_kernel, _matching_blur
+
+    rng = np.random.default_rng(0)
+    img = np.clip(cv2.GaussianBlur(rng.random((256, 320)).astype(np.float32), (0, 0), 1.2) * 3 - 1, 0, 1)
+    rgb = (np.repeat(img[..., None], 3, axis=2) * 255).astype(np.uint8)
+    anchor = prepare(rgb)
+    for length, angle in ((9, 30.0), (5, 120.0)):
+        truth = _line_kernel(length, angle)
+        photo = prepare(cv2.filter2D(rgb, -1, truth))
+        kernel, found = _matching_blur(anchor, photo, np.eye(3), None)
+        assert kernel is not None and abs(found - length) <= 2, (length, found)
+        pad = max(found, length)
+        a, b = (np.pad(k, ((pad - len(k)) // 2,) * 2) for k in (kernel, truth))
+        assert float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum())) > 0.6, (length, angle)
+    assert _matching_blur(anchor, anchor, np.eye(3), None) == (None, 0)
