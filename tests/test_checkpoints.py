@@ -159,3 +159,21 @@ def test_init_weights_from_needs_the_same_architecture_and_keys(tmp_path, caplog
     wrong_shape = save_checkpoint(tmp_path / "s.pt", model_state=state, arch=src.arch, arch_args=src.arch_args)
     with pytest.raises(CheckpointError, match=rf"(?s)init_from={wrong_shape}: .*size mismatch"):
         ckpt.init_weights_from(dst, wrong_shape)
+
+
+def test_init_weights_from_fills_arguments_added_after_the_checkpoint(tmp_path):
+    """drs_fusion gained context_size after checkpoints were shipped: a checkpoint without it is the
+    default (128) and loads; one that names another value is refused with both values."""
+    src = build_model("drs_fusion", context_blocks=1)
+    older = {k: v for k, v in src.arch_args.items() if k != "context_size"}
+    path = save_checkpoint(tmp_path / "old.pt", model_state=src.state_dict(), arch=src.arch, arch_args=older)
+    dst = build_model("drs_fusion", context_blocks=1)
+    ckpt.init_weights_from(dst, path)
+    assert all(torch.equal(dst.state_dict()[k], v) for k, v in src.state_dict().items())
+    other = save_checkpoint(tmp_path / "other.pt", model_state=src.state_dict(), arch=src.arch,
+                            arch_args={**older, "context_size": 256})
+    with pytest.raises(CheckpointError, match=r"\{'context_size': \(256, 128\)\}"):
+        ckpt.init_weights_from(dst, other)
+    unknown = save_checkpoint(tmp_path / "unknown.pt", model_state=src.state_dict(), arch="drs_gone", arch_args=older)
+    with pytest.raises(CheckpointError, match="checkpoint is architecture 'drs_gone'"):
+        ckpt.init_weights_from(dst, unknown)

@@ -26,6 +26,15 @@ def test_export_keeps_the_network_and_drops_training_state(tmp_path):
         torch.testing.assert_close(model_from_checkpoint(tmp_path / "w.pt")(x), net.eval()(x))
 
 
+def test_export_writes_out_arguments_the_architecture_gained_later(tmp_path):
+    """A run started before drs_fusion had context_size exports it explicitly, at the default it trained under."""
+    net = build_model("drs_fusion", context_blocks=1)
+    older = {k: v for k, v in net.arch_args.items() if k != "context_size"}
+    src = save_checkpoint(tmp_path / "best.pt", model_state=net.state_dict(), arch=net.arch, arch_args=older, step=3)
+    assert main([str(src), str(tmp_path / "w.pt")]) == 0
+    assert load_checkpoint(tmp_path / "w.pt")["arch_args"] == {**older, "context_size": 128} == net.arch_args
+
+
 def test_a_corrupt_checkpoint_is_refused(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"nope")
     assert main([str(tmp_path / "bad.pt"), str(tmp_path / "w.pt")]) == 2

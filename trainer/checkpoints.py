@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from model.network import ARCHITECTURES
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +118,13 @@ def init_weights_from(net: nn.Module, path: str | Path) -> None:
     another network cannot half-load silently.
     """
     payload = load_checkpoint(path)
-    if payload["arch"] != net.arch or dict(payload["arch_args"]) != dict(net.arch_args):
-        diff = {k: (payload["arch_args"].get(k), net.arch_args.get(k))
-                for k in set(payload["arch_args"]) | set(net.arch_args)
-                if payload["arch_args"].get(k) != net.arch_args.get(k)}
+    # An argument added to the architecture after the checkpoint was written takes its default,
+    # as build_model does when it rebuilds the checkpoint (e.g. drs_fusion's context_size).
+    theirs = {**ARCHITECTURES.get(payload["arch"], {}), **payload["arch_args"]}
+    if payload["arch"] != net.arch or theirs != dict(net.arch_args):
+        diff = {k: (theirs.get(k), net.arch_args.get(k))
+                for k in set(theirs) | set(net.arch_args)
+                if theirs.get(k) != net.arch_args.get(k)}
         raise CheckpointError(
             f"init_from={path}: checkpoint is architecture {payload['arch']!r}, the config builds {net.arch!r}; "
             f"differing arguments (checkpoint, config): {diff}. Choose the matching model=... / model.aggregation=..."

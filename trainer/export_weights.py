@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from model.network import ARCHITECTURES
 
 
 def export_weights(src: str | Path, dst: str | Path) -> Path:
@@ -23,7 +24,9 @@ def export_weights(src: str | Path, dst: str | Path) -> Path:
         dst,
         model_state=payload["model"],
         arch=payload["arch"],
-        arch_args=payload["arch_args"],
+        # Arguments the architecture gained after training started are written out with the default
+        # the weights were trained under, so a later change of that default cannot change them.
+        arch_args={**ARCHITECTURES.get(payload["arch"], {}), **payload["arch_args"]},
         step=payload["step"],
         config=payload.get("config"),
         extra={"validation": extra.get("metrics"), "exported_from": Path(src).name},
