@@ -1,6 +1,6 @@
 """Mutation testing of the modules listed in tests/mutation.toml, one module at a time.
 
-Usage: python tests/mutation.py [--committed] [--minutes M] [--out DIR] [MODULE ...]    (`make mutation`; MODULE like model/online.py)
+Usage: python tests/mutation.py [--committed] [--minutes M] [--only GLOB] [--out DIR] [MODULE ...]    (`make mutation`; MODULE like model/online.py)
 
 Why a copy: mutmut writes every mutant into `mutants/` beside the sources and runs the tests
 there. Doing that in the working tree would leave mutated code where other people (and
@@ -14,6 +14,7 @@ mutant that no test reaches counts as survived (that is a gap too), and the muta
 [equivalent] in the config are left out. OUT/MODULE.md lists every survivor with its diff.
 With --minutes, a module's run stops after that long and the mutants checked so far are scored
 (the report says how many were left unchecked): a partial score, for modules that take hours here.
+--only GLOB (repeatable, mutmut's names: 'generator.align.x_align__mutmut_*') checks only those.
 """
 
 from __future__ import annotations
@@ -97,16 +98,20 @@ def mutmut(copy: Path, *args: str, log: Path | None = None, minutes: float | Non
 
 
 def run_module(module: str, tests: list[str], equivalent: dict[str, str], out: Path, committed: bool,
-               minutes: float | None = None) -> dict:
+               minutes: float | None = None, only: list[str] | None = None, rescore: Path | None = None) -> dict:
+    """Mutate `module` in a fresh copy and score it; `rescore`: score the results already in that
+    copy (a run stopped from outside, copied before its directory was removed) without running."""
     with tempfile.TemporaryDirectory(prefix="drs-mutation-") as tmp:
-        copy = Path(tmp)
-        copy_tree(copy, committed)
+        copy = Path(tmp) if rescore is None else rescore
+        if rescore is None:
+            copy_tree(copy, committed)
         tests = [t for t in tests if (copy / t).exists()]  # the config may name tests still to come
-        (copy / "setup.cfg").write_text(mutmut_config(module, tests, copy))
-        log = out / (module.replace("/", ".").removesuffix(".py") + ".log")
-        log.write_text("")
-        print(f"{module}: mutating in {copy}, mutmut's output in {log}", flush=True)
-        mutmut(copy, "run", "--max-children", "1", log=log, minutes=minutes)
+        if rescore is None:
+            (copy / "setup.cfg").write_text(mutmut_config(module, tests, copy))
+            log = out / (module.replace("/", ".").removesuffix(".py") + ".log")
+            log.write_text("")
+            print(f"{module}: mutating in {copy}, mutmut's output in {log}", flush=True)
+            mutmut(copy, "run", "--max-children", "1", *(only or []), log=log, minutes=minutes)
         status: dict[str, str] = {}
         for line in mutmut(copy, "results", "--all", "true").splitlines():
             name, sep, state = line.strip().rpartition(": ")
@@ -117,14 +122,15 @@ def run_module(module: str, tests: list[str], equivalent: dict[str, str], out: P
     killed = sum(s in KILLED for n, s in status.items() if n not in equivalent)
     excluded = [n for n in status if n in equivalent]
     other = sorted({s for s in status.values()} - KILLED - SURVIVED)
-    unchecked = sum(s == "not checked" for s in status.values())
+    unchecked = sum(s in {"not checked", "check was interrupted by user"} for s in status.values())
     score = killed / (killed + len(survivors)) if killed + len(survivors) else 1.0
     report = [f"# {module}: {score:.1%} ({killed} killed, {len(survivors)} survived, "
               f"{len(excluded)} equivalent excluded)", "",
               f"tests: {' '.join(tests)}", ""]
     if unchecked:
-        report += [f"PARTIAL: stopped after {minutes} minutes (--minutes) with {unchecked} of {len(status)} "
-                   "mutants not checked; the score is of the checked ones", ""]
+        report += [f"PARTIAL: {unchecked} of {len(status)} mutants not checked (the run was stopped before them "
+                   f"or they were outside --only; --minutes {minutes}, --only {only}); the score is of the "
+                   "checked ones", ""]
     if other:
         report += [f"other states (not scored): {other}", ""]
     # Per function: where the survivors cluster (a CLI's help text, a GPU-only branch, real gaps).
@@ -150,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "mutation")
     parser.add_argument("--committed", action="store_true", help="mutate HEAD, not the working tree")
     parser.add_argument("--minutes", type=float, help="stop each module's run after this long; score what was checked")
+    parser.add_argument("--only", action="append", metavar="GLOB", help="check only the mutants matching GLOB")
+    parser.add_argument("--rescore", type=Path, metavar="COPY",
+                        help="score the mutmut results kept in COPY (one module) instead of running")
     args = parser.parse_args(argv)
     config = tomllib.loads(CONFIG.read_text())
     unknown = [m for m in args.modules if m not in config["modules"]]
@@ -157,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: not in {CONFIG.relative_to(ROOT)}: {unknown}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = [run_module(m, config["modules"][m], config.get("equivalent", {}), args.out, args.committed, args.minutes)
+    rows = [run_module(m, config["modules"][m], config.get("equivalent", {}), args.out, args.committed, args.minutes,
+                       args.only, args.rescore)
             for m in args.modules or list(config["modules"])]
     print(f"\n{'module':32} {'score':>7} {'killed':>7} {'survived':>9} {'equiv.':>7} {'unchecked':>9}")
     for r in rows:

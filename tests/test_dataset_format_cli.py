@@ -178,6 +178,7 @@ def test_sweeps_and_interpolations_are_left_to_hydra(value):
 def test_a_plain_value_that_only_looks_like_a_sweep_is_kept():
     assert command_line_value(["out_dir=/data/ranges(1)"], "out_dir") == "/data/ranges(1)"
     assert command_line_value(["out_dir=/data/glob"], "out_dir") == "/data/glob"
+    assert command_line_value(["out_dir=X/runs/X"], "out_dir") == "X/runs/X"  # only quotes are stripped
 
 
 # ----------------------------------------------------------------------------------------------
