@@ -413,3 +413,83 @@ def test_an_accepted_alignment_reports_its_checks():
     assert res.matches >= res.inliers >= cfg.min_inliers and res.refined == "ecc" and res.ecc is not None
     off = align(prepare(cap.reference, cfg), prepare(cap.photos[0], cfg), AlignConfig(ecc=False))
     assert off.ok and off.refined == "off" and off.ecc is None and off.ecc_shift is None
+
+
+# ----------------------------------------------------------------------------------------------
+# ECC's region, the half-size features, the motion-blur kernel (coarse-to-fine ECC)
+
+
+def test_line_kernel_is_a_normalised_centred_line():
+    from generator.align import _line_kernel
+
+    k = _line_kernel(5, 0.0)
+    assert k.dtype == np.float32 and k.shape == (5, 5) and k.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(k[2], 0.2, atol=1e-6)  # the middle row, evenly
+    assert np.abs(np.delete(k, 2, axis=0)).max() < 1e-6
+    v = _line_kernel(7, 90.0)
+    np.testing.assert_allclose(v[:, 3], 1 / 7, atol=1e-6)  # turned a quarter: the middle column
+    assert np.abs(np.delete(v, 3, axis=1)).max() < 1e-6
+    d = _line_kernel(9, 45.0)
+    assert d.sum() == pytest.approx(1.0) and d[4, 4] > 0 and d[0, 4] == pytest.approx(0, abs=1e-6)
+    assert np.allclose(d, d.T[::-1, ::-1], atol=1e-6)  # symmetric about the centre, along the diagonal
+
+
+def test_quad_mask_scales_the_quad_about_its_centre():
+    from generator.align import _quad_mask
+
+    # An asymmetric quad (a trapezoid off the image's diagonal), so a mirrored or mis-centred one shows.
+    q = np.array([[20, 10], [60, 10], [70, 30], [10, 30]], np.float32)
+    area = 0.5 * (40 + 60) * 20
+    full = _quad_mask(q, 1.0, (50, 90))
+    assert full.dtype == bool and full.shape == (50, 90)
+    assert area <= full.sum() <= 1.2 * area  # (pixels on the outline count)
+    assert full[12, 40] and full[28, 15] and not full[12, 15] and not full[40, 40]  # the trapezoid's shape
+    half = _quad_mask(q, 0.5, (50, 90))
+    assert 0.2 * full.sum() <= half.sum() <= 0.32 * full.sum()
+    ys, xs = np.nonzero(half)
+    centre = q.mean(axis=0)
+    assert abs(xs.mean() - centre[0]) < 3 and abs(ys.mean() - centre[1]) < 1.5
+    assert not half[12, 40 - 16] and half[22, 40]
+    grown = _quad_mask(q, 1.1, (50, 90))
+    assert grown.sum() == pytest.approx(1.21 * full.sum(), rel=0.06) and (grown >= full).all()
+
+
+def test_set_region_sets_the_ecc_masks_full_and_coarse():
+    from generator.align import ECC_REGION_SCALE, _ecc_region
+
+    assert ECC_REGION_SCALE == 1.1
+    frame = prepare(object_image("astronaut", 200), AlignConfig(work_size=100))
+    assert _ecc_region(frame) is True  # no region: everywhere
+    w, h = frame.size
+    quad = np.array([[0.2 * w, 0.2 * h], [0.8 * w, 0.2 * h], [0.8 * w, 0.8 * h], [0.2 * w, 0.8 * h]])
+    set_region(frame, quad)
+    ww, wh = frame.work_size
+    assert frame.ecc_mask.shape == frame.grey.shape
+    assert frame.ecc_mask.sum() == pytest.approx(0.66 * ww * 0.66 * wh, rel=0.06)  # grown 10 % (linear)
+    assert (frame.ecc_mask >= frame.region_mask).all()
+    assert _ecc_region(frame) is frame.ecc_mask
+    ch, cw = frame.coarse.shape
+    assert frame.coarse_ecc_mask.shape == (ch, cw)
+    assert frame.coarse_ecc_mask.sum() == pytest.approx(0.66 * cw * 0.66 * ch, rel=0.1)
+    set_region(frame, quad, ecc_in_region=False)
+    assert _ecc_region(frame) is True  # a region that only judges: ECC looks everywhere
+    set_region(frame, None)
+    assert frame.ecc_mask is None and frame.coarse_ecc_mask is None and _ecc_region(frame) is True
+    no_ecc = prepare(object_image("astronaut", 200), AlignConfig(work_size=100, ecc=False))
+    assert no_ecc.coarse is None
+    set_region(no_ecc, quad)
+    assert no_ecc.coarse_ecc_mask is None and no_ecc.ecc_mask is not None
+
+
+def test_half_size_features_are_in_work_px_and_cached():
+    from generator.align import _half_features
+
+    cfg = AlignConfig()
+    frame = prepare(object_image("astronaut", 240), cfg)
+    pts, desc = _half_features(frame, cfg)
+    assert pts.dtype == np.float32 and pts.ndim == 2 and pts.shape[1] == 2 and len(desc) == len(pts) > 10
+    w, h = frame.work_size
+    # Mapped back to work px: spread over the whole work image, not its top-left quarter.
+    assert pts[:, 0].max() > 0.7 * w and pts[:, 1].max() > 0.7 * h
+    assert pts.min() >= -1 and pts[:, 0].max() < w and pts[:, 1].max() < h
+    assert _half_features(frame, cfg) is frame.half_features
