@@ -493,3 +493,23 @@ def test_half_size_features_are_in_work_px_and_cached():
     assert pts[:, 0].max() > 0.7 * w and pts[:, 1].max() > 0.7 * h
     assert pts.min() >= -1 and pts[:, 0].max() < w and pts[:, 1].max() < h
     assert _half_features(frame, cfg) is frame.half_features
+
+
+def test_matching_blur_recovers_a_known_motion_blur():
+    """A photo that is the anchor under a line blur: the blur found is that line, length and direction."""
+    from generator.align import _line_kernel, _matching_blur
+
+    img = object_image("astronaut", 256)
+    anchor = prepare(img)
+    for length, angle in ((9, 30.0), (5, 120.0), (11, 0.0)):
+        photo = prepare(cv2.filter2D(img, -1, _line_kernel(length, angle)))
+        kernel, found = _matching_blur(anchor, photo, np.eye(3), None)
+        assert found == length, (length, angle, found)
+        np.testing.assert_allclose(kernel, _line_kernel(length, angle), atol=1e-6)
+    sharp = prepare(img)
+    assert _matching_blur(anchor, sharp, np.eye(3), None) == (None, 0)  # no blur looks more like it
+    blurred = prepare(cv2.filter2D(img, -1, _line_kernel(9, 30.0)))
+    nowhere = np.zeros(anchor.grey.shape, bool)
+    assert _matching_blur(anchor, blurred, np.eye(3), nowhere) == (None, 0)  # no agreeing cell
+    away = np.array([[1, 0, 1000], [0, 1, 0], [0, 0, 1.0]])
+    assert _matching_blur(anchor, blurred, away, None) == (None, 0)  # the photo covers none of the anchor
