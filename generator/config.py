@@ -64,6 +64,9 @@ class SceneConfig:
     relief_wrinkle_prob: float = 0.5  # chance of creases and wrinkles on top of grain and waves
     coat: list[float] = field(default_factory=lambda: [0.0, 0.0])  # glossy laminate coat weight
     coat_roughness: list[float] = field(default_factory=lambda: [0.03, 0.2])
+    # One light per sequence that stays where it is in every image (a room lamp or window beside the
+    # moving lamp), carrying this share of each image's brightness; 0: none (every light moves).
+    light_fixed_share: float = 0.0
 
     def __post_init__(self) -> None:
         from generator.scene_spec import MATERIAL_KINDS
@@ -74,6 +77,7 @@ class SceneConfig:
         _check(0.0 <= self.occluder_free_frame_prob <= 1.0, "scene.occluder_free_frame_prob", "must be in [0, 1]", self.occluder_free_frame_prob)
         _check(0.0 <= self.light_tint_prob <= 1.0, "scene.light_tint_prob", "must be in [0, 1]", self.light_tint_prob)
         _check(0.0 <= self.light_tint_min <= 1.0, "scene.light_tint_min", "must be in [0, 1]", self.light_tint_min)
+        _check(0.0 <= self.light_fixed_share < 1.0, "scene.light_fixed_share", "must be in [0, 1)", self.light_fixed_share)
         _check(0.0 <= self.relief_wrinkle_prob <= 1.0, "scene.relief_wrinkle_prob", "must be in [0, 1]", self.relief_wrinkle_prob)
         for name in ("light_height", "light_irradiance", "light_radius", "occluder_size", "roughness", "specular", "ambient",
                      "occluder_frame_fraction", "relief_strength", "relief_grain_scale", "relief_wave_scale", "coat", "coat_roughness"):

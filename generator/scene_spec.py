@@ -261,9 +261,16 @@ def sample_relief(seed: int, group: int, attempt: int, s: SceneConfig) -> Relief
     )
 
 
-def sample_frame(rng: np.random.Generator, s: SceneConfig, num_occluder_covers: int) -> FrameSpec:
+def sample_frame(rng: np.random.Generator, s: SceneConfig, num_occluder_covers: int,
+                 fixed: LightSpec | None = None) -> FrameSpec:
+    """One image's lights, occluders and fill. `fixed`: the sequence's fixed light, which comes
+    first in every image and keeps `s.light_fixed_share` of the brightness; the moving lights split
+    the rest."""
     n_lights = int(rng.integers(s.lights_min, s.lights_max + 1))
-    lights = [sample_light(rng, s, 1.0 / n_lights) for _ in range(n_lights)]
+    moving_share = 1.0 - s.light_fixed_share if fixed is not None else 1.0
+    lights = [sample_light(rng, s, moving_share / n_lights) for _ in range(n_lights)]
+    if fixed is not None:
+        lights = [LightSpec(position=fixed.position, power=fixed.power, color=fixed.color, radius=fixed.radius), *lights]
     n_occ = 0 if rng.random() < s.occluder_free_frame_prob else int(rng.integers(s.occluders_min, max(s.occluders_min, s.occluders_max) + 1))
     occluders = [sample_occluder(rng, s, lights, num_occluder_covers) for _ in range(n_occ)]
     return FrameSpec(lights=lights, occluders=occluders, ambient=_uniform(rng, s.ambient),
@@ -291,6 +298,8 @@ def sample_sequence(seed: int, sequence_id: int, sequence_length: int, num_cover
         attempt=int(attempt),
         occluder_covers=[int(c) for c in rng.integers(num_covers, size=sampling.occluder_covers)],
     )
-    spec.frames = [sample_frame(rng, sampling, sampling.occluder_covers) for _ in range(sequence_length)]
+    # Drawn only when asked for, so presets without a fixed light keep every earlier draw.
+    fixed = sample_light(rng, sampling, sampling.light_fixed_share) if sampling.light_fixed_share > 0 else None
+    spec.frames = [sample_frame(rng, sampling, sampling.occluder_covers, fixed) for _ in range(sequence_length)]
     spec.relief = sample_relief(seed, group, attempt, sampling)
     return spec

@@ -50,11 +50,12 @@ def test_bad_preset_values_fail_naming_their_key(override, key):
 
 
 def test_paper_scenes_are_harder_than_the_default(paper):
-    """One large textured occluder in view per photo, coloured lights, a cover with relief."""
+    """One large textured occluder in view in most photos (a quarter show the cover unobstructed),
+    coloured lights, a cover with relief."""
     specs = [sample_sequence(0, sid, 9, 1000, paper) for sid in range(20)]
     frames = [f for s in specs for f in s.frames]
     occluded = [f for f in frames if f.occluders]
-    assert len(occluded) >= 0.85 * len(frames) and all(len(f.occluders) == 1 for f in occluded)
+    assert 0.6 * len(frames) <= len(occluded) <= 0.9 * len(frames) and all(len(f.occluders) == 1 for f in occluded)
     occ = [f.occluders[0] for f in occluded]
     assert all(o.in_frame for o in occ)
     # largest side as a fraction of the frame width seen at the occluder's height
@@ -137,3 +138,16 @@ def test_each_camera_effect_does_what_it_says():
     jpeg = apply_effects(edge + np.random.default_rng(1).uniform(0, 0.2, edge.shape).astype(np.float32),
                          dataclasses.replace(fx, **{**none, "jpeg_quality": 75}))
     assert not np.array_equal(jpeg, apply_effects(edge, dataclasses.replace(fx, **none)))
+
+
+def test_a_fixed_light_stays_put_in_every_image_and_keeps_its_share():
+    """scene.light_fixed_share: one light per sequence in the same place in every image, first in
+    each image's list; the moving lights split the rest of the brightness budget."""
+    base = dataclasses.replace(SceneConfig(), lights_min=1, lights_max=2)
+    spec = sample_sequence(5, 11, 9, 1000, dataclasses.replace(base, light_fixed_share=0.3))
+    fixed = [f.lights[0] for f in spec.frames]
+    assert all(lt == fixed[0] for lt in fixed)
+    assert all(len(f.lights) >= 2 for f in spec.frames)
+    assert len({f.lights[1].position for f in spec.frames}) == 9  # the others move
+    with pytest.raises(ConfigError, match=r"scene\.light_fixed_share"):
+        _compose("scene=paper", "scene.light_fixed_share=1.0")
