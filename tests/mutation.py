@@ -122,7 +122,7 @@ def run_module(module: str, tests: list[str], equivalent: dict[str, str], out: P
     killed = sum(s in KILLED for n, s in status.items() if n not in equivalent)
     excluded = [n for n in status if n in equivalent]
     other = sorted({s for s in status.values()} - KILLED - SURVIVED)
-    unchecked = sum(s in {"not checked", "check was interrupted by user"} for s in status.values())
+    unchecked = sum(s in {"not checked", "check was interrupted by user"} for n, s in status.items() if n not in equivalent)
     score = killed / (killed + len(survivors)) if killed + len(survivors) else 1.0
     report = [f"# {module}: {score:.1%} ({killed} killed, {len(survivors)} survived, "
               f"{len(excluded)} equivalent excluded)", "",
