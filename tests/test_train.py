@@ -74,6 +74,9 @@ def test_resume_equals_uninterrupted(tiny_train_data, tmp_path):
     for key in a["extra"]["ema"]:
         assert torch.equal(a["extra"]["ema"][key], b["extra"]["ema"][key]), key
     assert a["extra"]["data"] == b["extra"]["data"]
+    # The validation curve survives the resume: the step-4 validation came from the killed run.
+    assert [v["step"] for v in straight["validations"]] == [4, 8, 9]  # and the last step
+    assert resumed["validations"] == straight["validations"] == a["extra"]["history"] == b["extra"]["history"]
     # keep_last=3 pruned nothing yet here; with keep_last=1 only the newest step file remains.
     train(_resume_cfg(tiny_train_data, tmp_path / "b", ["resume=true", "trainer.max_steps=12",
                                                           "trainer.keep_last=1"]))

@@ -151,6 +151,7 @@ def _restore(run: Run, payload: dict) -> None:
     run.step = payload["step"]
     run.epoch, run.batch_in_epoch = extra["data"]["epoch"], extra["data"]["batch"]
     run.best_psnr = extra.get("best_psnr")
+    run.history = list(extra.get("history") or [])  # the validation curve goes on across resumes
     saved_world = extra.get("world_size", 1)
     if saved_world != run.env.world_size:
         log.warning("resuming a %d-process run with %d processes: the data order differs from an uninterrupted run",
@@ -287,6 +288,7 @@ def _extra(run: Run) -> dict:
         "metrics": run.last_metrics,
         "world_size": run.env.world_size,
         "skipped_items": run.skipped,
+        "history": run.history,
     }
 
 
