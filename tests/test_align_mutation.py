@@ -17,6 +17,7 @@ from generator.align import (
     AGREEMENT_PERCENTILE,
     AlignConfig,
     Alignment,
+    Frame,
     _agreeing_cells,
     _cell,
     _corners,
@@ -513,3 +514,165 @@ def test_matching_blur_recovers_a_known_motion_blur():
     assert _matching_blur(anchor, blurred, np.eye(3), nowhere) == (None, 0)  # no agreeing cell
     away = np.array([[1, 0, 1000], [0, 1, 0], [0, 0, 1.0]])
     assert _matching_blur(anchor, blurred, away, None) == (None, 0)  # the photo covers none of the anchor
+
+
+# ----------------------------------------------------------------------------------------------
+# _matching_blur's judging window: which pixels it looks at, its thresholds, the candidates it tries
+
+
+def _tex(h: int, w: int, seed: int = 0, amplitude: float = 1.0) -> np.ndarray:
+    """float32 (h, w): zero-mean texture at a few px scale, of std about `amplitude`."""
+    t = cv2.GaussianBlur(np.random.default_rng(seed).random((h, w)).astype(np.float32), (0, 0), 1.5)
+    return ((t - t.mean()) / t.std() * amplitude).astype(np.float32)
+
+
+def _bare_frame(grey: np.ndarray, texture: np.ndarray | None) -> Frame:
+    """A Frame with only what _matching_blur reads (work grey, texture; no region)."""
+    h, w = grey.shape
+    return Frame((w, h), np.eye(3), grey, np.zeros((0, 2), np.float32), None, grey, texture)
+
+
+def _vertical_blur(img: np.ndarray, length: int = 9) -> np.ndarray:
+    from generator.align import _line_kernel
+
+    return cv2.filter2D(img, -1, _line_kernel(length, 90.0))
+
+
+def test_matching_blur_needs_100_textured_covered_pixels():
+    """The blur is judged only over the anchor's texture (or everywhere without a texture map), in the
+    agreeing cells, where the photo covers it; fewer than 100 such pixels: no judgement."""
+    from generator.align import _matching_blur
+
+    grey = _tex(128, 128, seed=3, amplitude=0.2) + 0.5
+    photo = _bare_frame(_vertical_blur(grey), None)
+    texture = np.zeros(grey.shape, bool)
+    texture[59:69, 59:69] = True  # exactly 100 px
+    kernel, length = _matching_blur(_bare_frame(grey, texture), photo, np.eye(3), None)
+    assert kernel is not None and length > 0
+    texture[68, 68] = False  # 99 px
+    assert _matching_blur(_bare_frame(grey, texture), photo, np.eye(3), None) == (None, 0)
+    # The agreeing cells restrict the texture; they do not replace it.
+    assert _matching_blur(_bare_frame(grey, texture), photo, np.eye(3), np.ones(grey.shape, bool)) == (None, 0)
+    # Without a texture map every pixel counts.
+    kernel, length = _matching_blur(_bare_frame(grey, None), photo, np.eye(3), None)
+    assert length == 9 and kernel is not None
+    # Only what the photo covers counts: a photo 59 + 9 px wide covers 9 columns of the 10 x 11 block.
+    texture = np.zeros(grey.shape, bool)
+    texture[59:69, 59:70] = True  # 110 px, 90 of them covered
+    small = _bare_frame(np.ascontiguousarray(_vertical_blur(grey)[:, :68]), None)
+    assert _matching_blur(_bare_frame(grey, texture), small, np.eye(3), None) == (None, 0)
+
+
+def test_matching_blur_judges_only_the_window_about_the_median_texture():
+    """Texture spread far apart: the window (BLUR_WINDOW px about the median of the texture, plus a margin)
+    holds fewer than 100 of its pixels, so nothing is judged."""
+    from generator.align import _matching_blur
+
+    grey = _tex(64, 700, seed=4, amplitude=0.2) + 0.5
+    texture = np.zeros(grey.shape, bool)
+    texture[20:30, 2:6] = True  # 40 px far left
+    texture[20:30, 690:694] = True  # 40 px far right
+    texture[20:30, 349:352] = True  # 30 px in the middle: the median
+    photo = _bare_frame(_vertical_blur(grey), None)
+    assert _matching_blur(_bare_frame(grey, texture), photo, np.eye(3), None) == (None, 0)
+
+
+def _stripe_scene(block_x0: int, stripe_dx: int, axis: str):
+    """A faint texture the photo shares unblurred (a 40 x 40 block of texture pixels), and one strong
+    stripe of texture pixels `stripe_dx` px from the block's median column, where the photo is the
+    anchor blurred along the stripe. Returns (anchor, photo, stripe column): a blur is found iff the
+    stripe is judged. axis "y": the same, transposed."""
+    from generator.align import BLUR_WINDOW, MAX_BLUR
+
+    h, w = 96, 480
+    grey = _tex(h, w, seed=5, amplitude=0.01) + 0.5
+    texture = np.zeros((h, w), bool)
+    texture[30:70, block_x0:block_x0 + 40] = True
+    cx = int(np.median(np.nonzero(texture)[1]))
+    xb = max(cx + stripe_dx, 0)  # at the image's border at most
+    assert xb < w
+    texture[30:70, xb] = True
+    cx2 = int(np.median(np.nonzero(texture)[1]))  # the stripe moves the median by a column at most
+    texture[30:70, xb] = False
+    xb = max(cx2 + stripe_dx, 0)  # on the same side: the median stays
+    assert xb < w
+    texture[30:70, xb] = True
+    assert int(np.median(np.nonzero(texture)[1])) == cx2
+    lo, hi = max(xb - 8, 0), xb + 9
+    grey[:, lo:hi] += _tex(h, hi - lo, seed=6, amplitude=1.0)  # the stripe's texture, 100 x stronger
+    photo = grey.copy()
+    photo[:, lo:hi] = _vertical_blur(grey)[:, lo:hi]
+    # Where the window ends (exclusive), from the documented sizes: BLUR_WINDOW / 2 about the median,
+    # plus a margin of 2 * MAX_BLUR + 4 px.
+    m, half = 2 * MAX_BLUR + 4, BLUR_WINDOW // 2
+    window = (max(cx2 - half - m, 0), cx2 + half + m + 1)
+    if axis == "y":
+        grey, photo, texture = grey.T.copy(), photo.T.copy(), texture.T.copy()
+    return _bare_frame(grey, texture), _bare_frame(photo, None), xb, window
+
+
+@pytest.mark.parametrize("axis", ["x", "y"])
+def test_matching_blur_window_edges(axis):
+    from generator.align import _matching_blur
+
+    # The right (bottom) edge: the last column inside the window is judged, the first outside is not.
+    for dx in (208, 209):
+        anchor, photo, xb, (w0, w1) = _stripe_scene(150, dx, axis)
+        kernel, length = _matching_blur(anchor, photo, np.eye(3), None)
+        assert (length > 0) == (xb < w1), (dx, xb, w1, length)
+        assert (xb == w1 - 1) == (dx == 208)
+    # The left (top) edge, away from the image border.
+    for dx in (-208, -209):
+        anchor, photo, xb, (w0, w1) = _stripe_scene(240, dx, axis)
+        assert w0 > 0
+        kernel, length = _matching_blur(anchor, photo, np.eye(3), None)
+        assert (length > 0) == (xb >= w0), (dx, xb, w0, length)
+    # A window that would start before the image starts at its first column, which is judged.
+    anchor, photo, xb, (w0, w1) = _stripe_scene(150, -170, axis)
+    assert xb == 0 and w0 == 0
+    assert _matching_blur(anchor, photo, np.eye(3), None)[1] > 0
+
+
+def test_matching_blur_recovers_a_blur_in_a_window_off_the_origin():
+    """Texture only in the middle of the anchor: the window starts away from (0, 0), and the photo is
+    cut from the same place."""
+    from generator.align import _line_kernel, _matching_blur
+
+    grey = _tex(256, 256, seed=7, amplitude=0.15) + 0.5
+    texture = np.zeros(grey.shape, bool)
+    texture[110:170, 100:160] = True
+    for length, angle in ((9, 30.0), (7, 105.0)):
+        photo = _bare_frame(cv2.filter2D(grey, -1, _line_kernel(length, angle)), None)
+        kernel, found = _matching_blur(_bare_frame(grey, texture), photo, np.eye(3), None)
+        assert found == length
+        np.testing.assert_allclose(kernel, _line_kernel(length, angle), atol=1e-6)
+
+
+def test_matching_blur_is_scale_free_and_tries_odd_lengths_up_to_13_and_half_steps_of_angle():
+    from generator.align import _line_kernel, _matching_blur
+
+    grey = _tex(160, 160, seed=8, amplitude=0.001) + 0.5  # faint: the detail's norm is far below 1
+    anchor = _bare_frame(grey, None)
+    photo = _bare_frame(cv2.filter2D(grey, -1, _line_kernel(9, 60.0)), None)
+    kernel, found = _matching_blur(anchor, photo, np.eye(3), None)
+    assert found == 9
+    np.testing.assert_allclose(kernel, _line_kernel(9, 60.0), atol=1e-6)
+    # Angles half-way between the 15-degree steps are reached from either neighbour.
+    for angle in (7.5, 22.5, 37.5, 52.5, 67.5, 97.5, 127.5, 157.5):
+        photo = _bare_frame(cv2.filter2D(grey, -1, _line_kernel(7, angle)), None)
+        kernel, found = _matching_blur(anchor, photo, np.eye(3), None)
+        assert found == 7, angle
+        np.testing.assert_allclose(kernel, _line_kernel(7, angle), atol=1e-6, err_msg=str(angle))
+    # The lengths tried are odd (centred kernels), 3 to 2 * MAX_BLUR + 1 = 13 px.
+    photo = _bare_frame(cv2.filter2D(grey, -1, _line_kernel(10, 0.0)), None)
+    assert _matching_blur(anchor, photo, np.eye(3), None)[1] in (9, 11)
+    photo = _bare_frame(cv2.filter2D(grey, -1, _line_kernel(17, 0.0)), None)
+    assert _matching_blur(anchor, photo, np.eye(3), None)[1] == 13
+
+
+def test_matching_blur_without_detail_finds_no_blur():
+    """A flat window has no detail: every blur scores 0, as does none, and a tie is no blur."""
+    from generator.align import _matching_blur
+
+    flat = _bare_frame(np.zeros((64, 64), np.float32), np.ones((64, 64), bool))
+    assert _matching_blur(flat, flat, np.eye(3), None) == (None, 0)
