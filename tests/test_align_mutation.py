@@ -676,3 +676,207 @@ def test_matching_blur_without_detail_finds_no_blur():
 
     flat = _bare_frame(np.zeros((64, 64), np.float32), np.ones((64, 64), bool))
     assert _matching_blur(flat, flat, np.eye(3), None) == (None, 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# _refine and _ecc: which steps run, what ECC looks at, what is recorded
+
+
+def _shifted_pair(size: int = 176, off: float = 1.5):
+    """(anchor, photo, truth, h_work, src, dst): the photo is the anchor moved by a known small rotation
+    and shift (truth: photo px -> anchor px); h_work, the 'feature estimate', is `off` px from it. 176 px:
+    5 whole 32-px cells and a partial band of 16 px, which no cell judges."""
+    img = object_image("astronaut", size)
+    c = np.array([[1, 0, -size / 2], [0, 1, -size / 2], [0, 0, 1.0]])
+    a = np.deg2rad(2.0)
+    rot = np.array([[np.cos(a), -np.sin(a), 2.3], [np.sin(a), np.cos(a), -1.7], [0, 0, 1.0]])
+    truth = np.linalg.inv(c) @ rot @ c  # photo px -> anchor px
+    photo_img = cv2.warpPerspective(img, truth, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                    borderMode=cv2.BORDER_REFLECT)
+    anchor, photo = prepare(img), prepare(photo_img)
+    h_work = np.array([[1, 0, off], [0, 1, 0], [0, 0, 1.0]]) @ truth
+    g = np.linspace(30, size - 30, 6)
+    src = np.array([[x, y] for x in g for y in g], np.float64)
+    return anchor, photo, truth, h_work, src, project(truth, src)
+
+
+def _max_error(h: np.ndarray, truth: np.ndarray, size: int = 176) -> float:
+    corners = np.array([[0, 0], [size - 1, 0], [size - 1, size - 1], [0, size - 1]], np.float64)
+    d = project(h, corners) - project(truth, corners)
+    return float(np.hypot(d[:, 0], d[:, 1]).max())
+
+
+class _EccSpy:
+    """Records each cv2.findTransformECC call: (template, input image, mask as bool, returned cc, warp)."""
+
+    def __init__(self, monkeypatch):
+        self.calls = []
+        real = cv2.findTransformECC
+
+        def spy(template, image, warp, motion, criteria, mask, gauss):
+            cc, out = real(template, image, warp, motion, criteria, mask, gauss)
+            self.calls.append((template, image, mask.astype(bool), cc, out.copy()))
+            return cc, out
+
+        monkeypatch.setattr(cv2, "findTransformECC", spy)
+
+
+def _refine_run(anchor, photo, h_work, src, dst, cfg: AlignConfig | None = None):
+    from generator.align import _refine
+
+    cfg = cfg or AlignConfig()
+    res = Alignment(None)
+    res.checks["reprojection_px"] = float(np.sqrt(np.mean(np.sum((project(h_work, src) - dst) ** 2, axis=1))))
+    res.agreement, res.checks["cells"] = agreement(anchor, photo, h_work, cfg)
+    refined, h = _refine(anchor, photo, h_work, src, dst, res, cfg)
+    return res, refined, h
+
+
+def test_refine_coarse_then_fine_records_each_step(monkeypatch):
+    anchor, photo, truth, h_work, src, dst = _shifted_pair()
+    spy = _EccSpy(monkeypatch)
+    res, refined, h = _refine_run(anchor, photo, h_work, src, dst)
+    assert refined == "ecc" and _max_error(h, truth) < 0.1 < _max_error(h_work, truth)
+    # First the coarse step, on the half-size copies, over the anchor's coarse texture in the agreeing
+    # cells only (the partial 16-px band at the border is in no cell); its correlation is recorded.
+    template, image, mask, cc, _ = spy.calls[0]
+    assert template is photo.coarse and image is anchor.coarse
+    assert mask.shape == anchor.coarse.shape and mask.any()
+    assert not (mask & ~anchor.coarse_texture).any() and not mask[80:, :].any() and not mask[:, 80:].any()
+    assert res.checks["ecc_coarse"] == cc and type(res.checks["ecc_coarse"]) is float
+    # Then the fine step from it, kept: no blur needed to be matched.
+    template, image, mask, cc, _ = spy.calls[1]
+    assert template is photo.normalised and image is anchor.normalised
+    assert not (mask & ~anchor.texture).any() and not mask[160:, :].any() and mask[:160, :160].any()
+    assert res.checks["ecc_fine"] == 1.0 and "blur_px" not in res.checks and len(spy.calls) == 2
+    assert res.ecc == res.checks["ecc_fine_cc"] == cc
+    # ecc_shift: the largest distance an inlier moved from the feature estimate (computed here by hand).
+    d = project(h, src) - project(h_work, src)
+    assert res.ecc_shift == pytest.approx(float(np.hypot(d[:, 0], d[:, 1]).max()), rel=1e-9)
+    assert res.checks["ecc_reprojection_px"] == pytest.approx(
+        float(np.sqrt(np.mean(np.sum((project(h, src) - dst) ** 2, axis=1)))), rel=1e-9)
+
+
+def test_refine_keeps_a_coarse_step_that_moves_the_inliers_exactly_the_limit(monkeypatch):
+    """max_ecc_shift is inclusive for the coarse step: moving an inlier exactly that far is allowed (then
+    the fine step starts from it); a hair less allowed, and the coarse step is dropped (the fine step
+    starts from the features, with the blur matched: blur_px recorded)."""
+    anchor, photo, truth, h_work, src, dst = _shifted_pair()
+    spy = _EccSpy(monkeypatch)
+    _refine_run(anchor, photo, h_work, src, dst)
+    warp = spy.calls[0][4].astype(np.float64)
+    coarse = np.linalg.inv(anchor.to_coarse) @ warp @ photo.to_coarse
+    coarse = coarse / coarse[2, 2]
+    moved = float(np.linalg.norm(project(coarse, src) - project(h_work, src), axis=1).max())
+    assert 1.0 < moved < 3.0  # each inlier moves ~1.5 px (all 36 together would be far more)
+    res, _, _ = _refine_run(anchor, photo, h_work, src, dst, AlignConfig(max_ecc_shift=moved))
+    assert "blur_px" not in res.checks and res.checks["ecc_fine"] == 1.0
+    res, _, _ = _refine_run(anchor, photo, h_work, src, dst, AlignConfig(max_ecc_shift=moved * 0.999))
+    assert "blur_px" in res.checks
+
+
+def test_refine_without_coarse_copies_runs_ecc_once_at_full_size(monkeypatch):
+    for which in ("anchor", "photo", "both"):
+        anchor, photo, truth, h_work, src, dst = _shifted_pair()
+        if which in ("anchor", "both"):
+            anchor.coarse = None
+        if which in ("photo", "both"):
+            photo.coarse = None
+        spy = _EccSpy(monkeypatch)
+        res, refined, h = _refine_run(anchor, photo, h_work, src, dst)
+        assert refined == "ecc" and _max_error(h, truth) < 0.1, which
+        assert "ecc_coarse" not in res.checks and "ecc_fine" not in res.checks and len(spy.calls) == 1
+        template, image, mask, cc, _ = spy.calls[0]
+        assert template is photo.normalised and image is anchor.normalised and res.ecc == cc
+        assert not mask[160:, :].any() and mask[:160, :160].any()  # the agreeing cells only
+
+
+def test_refine_without_a_texture_map_uses_every_pixel():
+    anchor, photo, truth, h_work, src, dst = _shifted_pair()
+    anchor.texture = None
+    res, refined, h = _refine_run(anchor, photo, h_work, src, dst)
+    assert refined == "ecc" and _max_error(h, truth) < 0.1
+
+
+def test_refine_inside_the_objects_region(monkeypatch):
+    anchor, photo, truth, h_work, src, dst = _shifted_pair()
+    quad = np.array([[30, 30], [146, 30], [146, 146], [30, 146]], np.float64)
+    set_region(anchor, quad)
+    spy = _EccSpy(monkeypatch)
+    res, refined, h = _refine_run(anchor, photo, h_work, src, dst)
+    assert refined == "ecc" and _max_error(h, truth) < 0.15
+    coarse_mask, fine_mask = spy.calls[0][2], spy.calls[1][2]
+    assert coarse_mask.any() and not (coarse_mask & ~anchor.coarse_ecc_mask).any()
+    assert fine_mask.any() and not (fine_mask & ~anchor.ecc_mask).any()
+
+
+def test_refine_says_why_ecc_failed():
+    anchor, photo, truth, h_work, src, dst = _shifted_pair()
+    anchor.texture = np.zeros(anchor.grey.shape, bool)  # nothing to correlate: ECC fails at every step
+    anchor.coarse_texture = np.zeros(anchor.coarse.shape, bool)
+    res, refined, h = _refine_run(anchor, photo, h_work, src, dst)
+    assert refined == "kept features: ECC failed (ECC failed at both scales)" and h is h_work
+    # One scale only: OpenCV's own message, its last line cut to 80 characters.
+    anchor.coarse = None
+    res, refined, h = _refine_run(anchor, photo, h_work, src, dst)
+    assert refined.startswith("kept features: ECC failed (OpenCV(") and refined.endswith(")") and h is h_work
+    inner = refined[len("kept features: ECC failed ("):-1]
+    assert len(inner) == 80 and "\n" not in inner
+
+
+def test_ecc_against_a_given_anchor_image_and_without_a_texture_map(monkeypatch):
+    from generator.align import _ecc
+
+    anchor, photo, truth, h_work, src, dst = _shifted_pair()
+    cfg = AlignConfig()
+    spy = _EccSpy(monkeypatch)
+    h, cc = _ecc(anchor, photo, h_work, cfg)
+    assert spy.calls[-1][1] is anchor.normalised and _max_error(h, truth) < 0.1
+    other = anchor.normalised.copy()
+    _ecc(anchor, photo, h_work, cfg, a_img=other)
+    assert spy.calls[-1][1] is other
+    # No texture map: every pixel (of the ECC region, where there is one).
+    anchor.texture = None
+    h, cc = _ecc(anchor, photo, h_work, cfg)
+    assert spy.calls[-1][2].shape == anchor.grey.shape and spy.calls[-1][2].all() and _max_error(h, truth) < 0.1
+    set_region(anchor, np.array([[30, 30], [146, 30], [146, 146], [30, 146]], np.float64))
+    h, cc = _ecc(anchor, photo, h_work, cfg)
+    assert np.array_equal(spy.calls[-1][2], anchor.ecc_mask) and _max_error(h, truth) < 0.15
+    # A homography is the same map at any scale.
+    h2, cc2 = _ecc(anchor, photo, 1e-3 * h_work, cfg)
+    np.testing.assert_allclose(h2, h, atol=1e-4)
+
+
+def test_half_size_features_are_detected_at_half_the_long_side(monkeypatch):
+    import generator.align as align_module
+
+    seen = []
+    real = align_module._features
+
+    def spy(grey, cfg):
+        seen.append(grey.shape)
+        return real(grey, cfg)
+
+    monkeypatch.setattr(align_module, "_features", spy)
+    frame = prepare(object_image("astronaut", 243))
+    assert frame.grey.shape == (243, 243) and seen == [(243, 243)]
+    align_module._half_features(frame, AlignConfig())
+    assert seen[1] == (121, 121)  # 243 // 2
+
+
+@pytest.mark.parametrize("in_region", [False, True])
+def test_refine_with_too_few_judged_cells_lets_ecc_use_all_the_texture(monkeypatch, in_region):
+    """The cells are judged where the anchor has texture (inside the ECC region, if any). Texture in
+    only 3 whole cells (and in the 16-px band at the border, which no cell covers) is too few cells
+    to choose among: the fine ECC then looks at all the texture, the band included."""
+    anchor, photo, truth, h_work, src, dst = _shifted_pair()
+    texture = np.zeros(anchor.grey.shape, bool)
+    texture[160:, :] = texture[:, 160:] = True
+    texture[:32, :64] = texture[32:64, :32] = True
+    anchor.texture = texture
+    if in_region:  # the grown outline covers the whole image
+        set_region(anchor, np.array([[5, 5], [170, 5], [170, 170], [5, 170]], np.float64))
+    spy = _EccSpy(monkeypatch)
+    _refine_run(anchor, photo, h_work, src, dst)
+    fine = [mask for template, _, mask, _, _ in spy.calls if template is photo.normalised]
+    assert fine and all(mask[160:, :].any() for mask in fine)
