@@ -880,3 +880,20 @@ def test_refine_with_too_few_judged_cells_lets_ecc_use_all_the_texture(monkeypat
     _refine_run(anchor, photo, h_work, src, dst)
     fine = [mask for template, _, mask, _, _ in spy.calls if template is photo.normalised]
     assert fine and all(mask[160:, :].any() for mask in fine)
+
+
+def test_matching_blur_looks_at_detail_not_at_light():
+    """A blurred photo under other light (gain, offset, a strong ramp of shading) and with sensor noise:
+    the blur is judged on the detail (each image minus its 2-px blur), which the light leaves alone."""
+    from generator.align import _line_kernel, _matching_blur
+
+    grey = _tex(192, 192, seed=9, amplitude=0.08) + 0.5
+    anchor = _bare_frame(grey, np.ones(grey.shape, bool))
+    yy, xx = np.mgrid[0:192, 0:192].astype(np.float32) / 192
+    rng = np.random.default_rng(10)
+    for length, angle in ((9, 45.0), (5, 150.0), (11, 90.0)):
+        blurred = cv2.filter2D(grey, -1, _line_kernel(length, angle))
+        lit = 0.7 * blurred + 0.2 + 0.6 * xx * yy + rng.normal(0, 0.002, grey.shape).astype(np.float32)
+        kernel, found = _matching_blur(anchor, _bare_frame(lit.astype(np.float32), None), np.eye(3), None)
+        assert found == length, (length, angle, found)
+        np.testing.assert_allclose(kernel, _line_kernel(length, angle), atol=1e-6)
