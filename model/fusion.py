@@ -177,19 +177,15 @@ class FusionNet(nn.Module):
         return x if factor == 1 else F.avg_pool2d(x, factor)
 
     def encode_small(self, x_small: torch.Tensor, centre_small: torch.Tensor) -> torch.Tensor:
-        """Photos and centre already downsampled by f, sides multiples of 4 -> (N, C, H/4f, W/4f)."""
+        """Photos and centre already downsampled by f (the area average is linear, so downsampling
+        before taking the difference is exact), sides multiples of 4 -> (N, C, H/4f, W/4f)."""
         return self.context(self.photo_input(x_small, centre_small.expand_as(x_small)))
-
-    def encode_context(self, x: torch.Tensor, centre: torch.Tensor, factor: int = 1) -> torch.Tensor:
-        """(N, 3, H, W) photos and (1 or N, 3, H, W) centre, H, W multiples of 4f -> (N, C, H/4f, W/4f).
-        The area average is linear, so photo and centre are downsampled before the difference is taken."""
-        return self.encode_small(self.downsample(x, factor), self.downsample(centre, factor))
 
     def photo_logit(self, x: torch.Tensor, centre: torch.Tensor, ctx_mean: torch.Tensor, ctx_max: torch.Tensor,
                     own: torch.Tensor, factor: int = 1) -> torch.Tensor:
         """How much to trust each photo at each pixel: (N, 3, H, W) photos -> (N, 1, H, W) logits.
 
-        centre (1|N, 3, H, W); own (N, C, H/4f, W/4f): the photos' encode_context(); ctx_mean,
+        centre (1|N, 3, H, W); own (N, C, H/4f, W/4f): the photos' encode_small() output; ctx_mean,
         ctx_max (1|N, C, H/4f, W/4f): the set-pooled context.
         """
         n = x.shape[0]
