@@ -897,3 +897,38 @@ def test_matching_blur_looks_at_detail_not_at_light():
         kernel, found = _matching_blur(anchor, _bare_frame(lit.astype(np.float32), None), np.eye(3), None)
         assert found == length, (length, angle, found)
         np.testing.assert_allclose(kernel, _line_kernel(length, angle), atol=1e-6)
+
+
+def test_coarse_ecc_takes_the_cells_at_the_nearest_coarse_pixels(monkeypatch):
+    """The cells (work px) are shrunk to the coarse copy by nearest neighbour: coarse column x takes work
+    column floor(x * W / w), as OpenCV's INTER_NEAREST does. 177 px: W / w = 177 / 88 is not 2, so
+    coarse column 44 takes work column 88 (inside cells ending at 89) though it lies mostly beyond."""
+    from generator.align import _ecc
+
+    anchor, photo, truth, h_work, src, dst = _shifted_pair(size=177)
+    assert anchor.coarse.shape == (88, 88)
+    cells = np.zeros(anchor.grey.shape, bool)
+    cells[:, :89] = True
+    spy = _EccSpy(monkeypatch)
+    _ecc(anchor, photo, h_work, AlignConfig(), cells, coarse=True)
+    cols = np.floor(np.arange(88) * 177 / 88).astype(int)
+    rows = np.floor(np.arange(88) * 177 / 88).astype(int)
+    expected = cells[np.ix_(rows, cols)] & anchor.coarse_texture
+    assert expected[:, 44].any()
+    assert np.array_equal(spy.calls[-1][2], expected)
+
+
+def test_matching_blur_coverage_is_nearest_pixel():
+    """Where the photo covers the anchor is decided at the nearest photo pixel: shifted by half a pixel,
+    anchor column 63 samples photo column 63.5, which rounds (half to even) to 64, outside a 64-px wide
+    photo. So 99 of these 110 texture pixels are covered: too few to judge; unshifted, all 110 are."""
+    from generator.align import _matching_blur
+
+    grey = _tex(128, 128, seed=11, amplitude=0.2) + 0.5
+    texture = np.zeros(grey.shape, bool)
+    texture[50:61, 54:64] = True  # 11 x 10 px, the last column at x = 63
+    anchor = _bare_frame(grey, texture)
+    photo = _bare_frame(np.ascontiguousarray(_vertical_blur(grey)[:, :64]), None)
+    assert _matching_blur(anchor, photo, np.eye(3), None)[1] > 0
+    half = np.array([[1, 0, -0.5], [0, 1, 0], [0, 0, 1.0]])  # photo px -> anchor px
+    assert _matching_blur(anchor, photo, half, None) == (None, 0)
