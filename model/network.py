@@ -238,6 +238,12 @@ class DeepResidualSet(nn.Module):
         return out[..., :height, :width]
 
 
+def complete_arch_args(arch: str, arch_args: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's arch_args with the defaults of arguments the architecture gained after it was
+    written (e.g. drs_fusion's context_size): what build_model rebuilds it with."""
+    return {**ARCHITECTURES.get(arch, {}), **arch_args}
+
+
 def build_model(arch: str = DEFAULT_ARCH, **overrides: Any) -> nn.Module:
     """Build a named architecture, e.g. build_model("drs_base", aggregation="max").
 

@@ -45,31 +45,24 @@ def write(path, records, **kw):
 # what the writer refuses
 
 
-@pytest.mark.parametrize("inputs, got", [
-    (np.zeros((S, S, 3), np.uint8), f"uint8 {(S, S, 3)}"),           # no K axis
-    (np.zeros((K, S, S, 3), np.float32), f"float32 {(K, S, S, 3)}"),   # right shape, wrong type
-    (np.zeros((K, S, S, 4), np.uint8), f"uint8 {(K, S, S, 4)}"),      # RGBA
+@pytest.mark.parametrize("field, value, got", [
+    ("inputs", np.zeros((S, S, 3), np.uint8), f"uint8 {(S, S, 3)}"),           # no K axis
+    ("inputs", np.zeros((K, S, S, 3), np.float32), f"float32 {(K, S, S, 3)}"),   # right shape, wrong type
+    ("inputs", np.zeros((K, S, S, 4), np.uint8), f"uint8 {(K, S, S, 4)}"),      # RGBA
+    ("target", np.zeros((S, S, 3), np.uint16), f"uint16 {(S, S, 3)}"),
+    ("target", np.zeros((S, S), np.uint8), f"uint8 {(S, S)}"),
 ])
-def test_inputs_must_be_uint8_k_h_w_3(tmp_path, inputs, got):
+def test_inputs_and_target_must_be_uint8_rgb(tmp_path, field, value, got):
+    expected = "uint8 (K, H, W, 3)" if field == "inputs" else f"uint8 {(S, S, 3)}"
     with pytest.raises(DatasetFormatError) as exc:
-        write(tmp_path / "s.h5", [rec(4, inputs=inputs)])
-    assert str(exc.value) == f"sequence 4: inputs must be uint8 (K, H, W, 3), got {got}"
+        write(tmp_path / "s.h5", [rec(4, **{field: value})])
+    assert str(exc.value) == f"sequence 4: {field} must be {expected}, got {got}"
 
 
 def test_every_sequence_has_the_first_ones_shape(tmp_path):
     with pytest.raises(DatasetFormatError) as exc:
         write(tmp_path / "s.h5", [rec(0), rec(1, inputs=np.zeros((K + 1, S, S, 3), np.uint8))])
     assert str(exc.value) == f"sequence 1: inputs {(K + 1, S, S)} differ from the shard's first sequence {(K, S, S)}"
-
-
-@pytest.mark.parametrize("target, got", [
-    (np.zeros((S, S, 3), np.uint16), f"uint16 {(S, S, 3)}"),
-    (np.zeros((S, S), np.uint8), f"uint8 {(S, S)}"),
-])
-def test_a_target_must_be_uint8_h_w_3(tmp_path, target, got):
-    with pytest.raises(DatasetFormatError) as exc:
-        write(tmp_path / "s.h5", [rec(2, target=target)])
-    assert str(exc.value) == f"sequence 2: target must be uint8 {(S, S, 3)}, got {got}"
 
 
 def test_a_mask_must_match_the_inputs(tmp_path):

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from model.network import ARCHITECTURES
+from model.network import complete_arch_args
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +118,7 @@ def init_weights_from(net: nn.Module, path: str | Path) -> None:
     another network cannot half-load silently.
     """
     payload = load_checkpoint(path)
-    # An argument added to the architecture after the checkpoint was written takes its default,
-    # as build_model does when it rebuilds the checkpoint (e.g. drs_fusion's context_size).
-    theirs = {**ARCHITECTURES.get(payload["arch"], {}), **payload["arch_args"]}
+    theirs = complete_arch_args(payload["arch"], payload["arch_args"])
     if payload["arch"] != net.arch or theirs != dict(net.arch_args):
         diff = {k: (theirs.get(k), net.arch_args.get(k))
                 for k in set(theirs) | set(net.arch_args)

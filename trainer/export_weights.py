@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from model.network import ARCHITECTURES
+from model.network import complete_arch_args
 
 
 def export_weights(src: str | Path, dst: str | Path) -> Path:
@@ -26,7 +26,7 @@ def export_weights(src: str | Path, dst: str | Path) -> Path:
         arch=payload["arch"],
         # Arguments the architecture gained after training started are written out with the default
         # the weights were trained under, so a later change of that default cannot change them.
-        arch_args={**ARCHITECTURES.get(payload["arch"], {}), **payload["arch_args"]},
+        arch_args=complete_arch_args(payload["arch"], payload["arch_args"]),
         step=payload["step"],
         config=payload.get("config"),
         extra={"validation": extra.get("metrics"), "exported_from": Path(src).name},
