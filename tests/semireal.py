@@ -239,20 +239,45 @@ def _occluder(rng, img: np.ndarray, xx, yy) -> None:
     area = rng.uniform(0.03, 0.2) * h * w
     ratio = rng.uniform(0.2, 1.0)
     a = np.sqrt(area / (np.pi * ratio))
-    if rng.random() < 0.5:
-        cv2.ellipse(mask, centre, (int(a), int(a * ratio)), rng.uniform(0, 180), 0, 360, 1, -1)
+    # The angle is drawn at the same point of the stream in both branches (the stream, and so every
+    # later draw of the photo, is as it was before the texture moved with the object).
+    ellipse = rng.random() < 0.5
+    angle = float(rng.uniform(0, 180))
+    if ellipse:
+        cv2.ellipse(mask, centre, (int(a), int(a * ratio)), angle, 0, 360, 1, -1)
     else:
-        box = cv2.boxPoints((centre, (2 * a, 2 * a * ratio), rng.uniform(0, 180))).astype(np.int32)
+        box = cv2.boxPoints((centre, (2 * a, 2 * a * ratio), angle)).astype(np.int32)
         cv2.fillConvexPoly(mask, box, 1)
     m = mask.astype(bool)
     shadow = cv2.GaussianBlur(np.roll(mask, (int(0.03 * h), int(0.03 * w)), axis=(0, 1)).astype(np.float32),
                               (0, 0), 0.02 * max(h, w))
     img *= (1 - 0.5 * shadow)[..., None]
     tex = getattr(skdata, ("brick", "gravel", "grass")[int(rng.integers(3))])().astype(np.float32) / 255
-    tex = cv2.resize(tex, (w, h), interpolation=cv2.INTER_LINEAR)
+    tex = _object_texture(tex, centre, angle, (w, h))
     shade = 0.7 + 0.5 * (xx - xx[m].mean()) / max(float(np.ptp(xx[m])), 1e-3)
     colour = rng.uniform(0.1, 0.9, 3).astype(np.float32)
     img[m] = ((0.5 + tex[m])[:, None] * colour * shade[m][:, None]).astype(np.float32)
+
+
+def _object_texture(tex: np.ndarray, centre: tuple[int, int], angle_deg: float, size: tuple[int, int]) -> np.ndarray:
+    """float32 (H, W): texture `tex` (h, w) painted on an object centred at `centre` (photo px) and
+    turned by angle_deg, at one texture px per photo px * (tex size / photo size) as before.
+
+    Why: the texture must move with the object. Fixed in photo pixels, two photos (or a photo and
+    an intruder) whose occluders drew the same texture matched each other at the identity, which
+    no real capture does (a mug moves with its pattern). In the object's own coordinates, two
+    photos of the same kind of object relate by the objects' relative motion, as two photos of
+    one real mug or hand do."""
+    w, h = size
+    th, tw = tex.shape[:2]
+    sx, sy = tw / w, th / h  # texture px per photo px, as the old full-frame resize gave
+    c, s = np.cos(np.deg2rad(angle_deg)), np.sin(np.deg2rad(angle_deg))
+    # photo px -> texture px: about the object's centre, turned with it, the texture's centre there.
+    rot = np.array([[c, s], [-s, c]]) * np.array([[sx], [sy]])
+    shift = np.array([(tw - 1) / 2, (th - 1) / 2]) - rot @ np.asarray(centre, np.float64)
+    to_tex = np.c_[rot, shift]
+    return cv2.warpAffine(tex, to_tex, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REFLECT)
 
 
 def to_jpeg(img: np.ndarray, quality: int) -> tuple[np.ndarray, bytes]:
