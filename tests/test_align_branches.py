@@ -1,0 +1,325 @@
+"""align()'s decisions branch by branch, on inputs built so that each branch is the one that decides.
+
+Written for mutation testing (tests/mutation.py, issue 17): the whole-capture tests (test_align.py)
+rarely reach the half-size retry, the second RANSAC set, the spread rejection or the exact limits
+of the counts, so a changed constant or a dropped argument there went unnoticed.
+
+The matches are made exact where a branch depends on them: the images are real (a textured plane
+and a view of it through a known homography, so the photometric checks see a genuine photo), but
+the keypoints and descriptors of the two Frames are replaced by chosen ones (an anchor descriptor
+copied into the photo is a match at distance 0, which the ratio test keeps), so how many matches,
+which are consistent with which homography and where they lie is known in advance. Expected
+homographies, spreads and errors are computed here from the points, not by align.py.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from generator.align import AlignConfig, Frame, align, prepare, project, set_region
+
+NO_ECC = AlignConfig(ecc=False)
+
+
+def _plane(size: int, seed: int = 0) -> np.ndarray:
+    """float32 (size, size) grey in [0.1, 0.9]: texture at a few px scale, the flat object."""
+    t = cv2.GaussianBlur(np.random.default_rng(seed).random((size, size)).astype(np.float32), (0, 0), 1.5)
+    t = (t - t.min()) / (t.max() - t.min())
+    return (0.1 + 0.8 * t).astype(np.float32)
+
+
+def _view(img: np.ndarray, photo_to_anchor: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The photo (size (w, h)) that shows anchor image img through photo_to_anchor."""
+    return cv2.warpPerspective(img, photo_to_anchor, size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                               borderMode=cv2.BORDER_REFLECT)
+
+
+def _rot(deg: float, tx: float, ty: float, size: int) -> np.ndarray:
+    """photo px -> anchor px: a rotation by deg about the image centre, then a shift."""
+    a, c = np.deg2rad(deg), (size - 1) / 2
+    m = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1.0]])
+    t = np.array([[1, 0, c + tx], [0, 1, c + ty], [0, 0, 1.0]])
+    return t @ m @ np.array([[1, 0, -c], [0, 1, -c], [0, 0, 1.0]])
+
+
+def _desc(n: int, rng: np.random.Generator) -> np.ndarray:
+    """n random RootSIFT-like descriptors (unit norm, non-negative): far apart, no accidental matches."""
+    d = rng.random((n, 128)).astype(np.float32) ** 4
+    return (d / np.linalg.norm(d, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _set_features(anchor: Frame, photo: Frame, sets, extra_photo: int = 0, seed: int = 0, half=None) -> None:
+    """Give the two frames chosen features. sets: [(anchor_pts (n, 2), photo_pts (n, 2)), ...]: each pair
+    of points is a match (the same descriptor on both sides). extra_photo: photo keypoints with their
+    own descriptors (matched by nothing). half: the same kind of sets for the half-size features
+    (Frame.half_features, the cache _match(half=True) reads); None: the full-size ones again."""
+    rng = np.random.default_rng(seed)
+
+    def build(groups):
+        a_pts = np.concatenate([np.asarray(a, np.float32) for a, _ in groups]).reshape(-1, 2)
+        p_pts = np.concatenate([np.asarray(p, np.float32) for _, p in groups]).reshape(-1, 2)
+        desc = _desc(len(a_pts), rng)
+        p_desc = desc.copy()
+        if extra_photo:
+            p_pts = np.concatenate([p_pts, rng.uniform(5, 50, (extra_photo, 2)).astype(np.float32)])
+            p_desc = np.concatenate([p_desc, _desc(extra_photo, rng)])
+        return (a_pts, desc), (p_pts, p_desc)
+
+    (anchor.keypoints, anchor.descriptors), (photo.keypoints, photo.descriptors) = build(sets)
+    (a_half, p_half) = build(half) if half is not None else build(sets)
+    anchor.half_features, photo.half_features = a_half, p_half
+
+
+def _grid(x0: float, x1: float, n: int) -> np.ndarray:
+    """n x n points on a jittered grid over [x0, x1]^2 (float64 (n*n, 2)): spread, never collinear."""
+    g = np.linspace(x0, x1, n)
+    pts = np.array([[x, y] for y in g for x in g], np.float64)
+    return pts + np.random.default_rng(int(x0 * 7 + n)).uniform(-2, 2, pts.shape)
+
+
+def _matches(h_photo_to_anchor: np.ndarray, anchor_pts: np.ndarray):
+    """(anchor_pts, photo_pts): the photo points that h maps onto anchor_pts."""
+    return anchor_pts, project(np.linalg.inv(h_photo_to_anchor), anchor_pts)
+
+
+def _error(h: np.ndarray, truth: np.ndarray, size: int) -> float:
+    """px: how far h maps the corners of a (size x size) photo from where truth maps them."""
+    c = np.array([[0, 0], [size - 1, 0], [size - 1, size - 1], [0, size - 1]], np.float64)
+    return float(np.linalg.norm(project(h, c) - project(truth, c), axis=1).max())
+
+
+def _hull_area(pts: np.ndarray) -> float:
+    return float(cv2.contourArea(cv2.convexHull(np.asarray(pts, np.float32).reshape(-1, 1, 2))))
+
+
+# ----------------------------------------------------------------------------------------------
+# the second RANSAC set: a small photo of a small object on a large anchor
+
+
+REGION = np.array([[150, 150], [250, 150], [250, 250], [150, 250]], np.float64)  # the object, anchor px
+CROP = np.array([[1, 0, 140], [0, 1, 140], [0, 0, 1.0]])  # the photo (120 px) shows anchor [140, 260)^2
+ASIDE = np.array([[1, 0, 255], [0, 1, 140], [0, 0, 1.0]])  # photo px -> anchor px, beside the object: implausible
+
+
+def _object_scene():
+    """(anchor, photo): anchor 400 px with the object's region set (10 % of it); the photo, 120 px, shows
+    the object and a little around it (9 % of the anchor), at the anchor's scale: photo -> anchor is CROP."""
+    img = _plane(400, seed=3)
+    anchor = set_region(prepare(img, NO_ECC), REGION)
+    photo = prepare(_view(img, CROP, (120, 120)), NO_ECC)
+    return anchor, photo
+
+
+def test_an_implausible_strongest_set_gives_way_to_the_next_strongest():
+    """30 matches agree on a view beside the object (a pattern of the table: implausible); the 10 others,
+    on the true homography, get their chance and are taken, though they are exactly min_inliers, cover
+    9 % of the anchor (the overlap is of the object's region) and 4 % of its area (the spread is of the
+    object's)."""
+    anchor, photo = _object_scene()
+    good = _matches(CROP, _grid(165, 235, 4)[:10])
+    bad = _matches(ASIDE, _grid(260, 370, 6)[:30])
+    _set_features(anchor, photo, [bad, good])
+    res = align(anchor, photo, NO_ECC)
+    assert res.ok, res.reason
+    assert res.checks["second_model"] == 1.0
+    assert res.matches == 10 and res.inliers == 10  # the second set's, not the first's 40 matches
+    assert _error(res.homography, CROP, 120) < 0.01
+    # Its own measures, not the first set's: the photo covers the whole object.
+    assert res.checks["overlap"] == pytest.approx(1.0) and res.checks["scale"] == pytest.approx(119 / 120, rel=1e-4)
+    assert res.checks["spread"] == pytest.approx(_hull_area(good[0]) / 100.0 ** 2, rel=1e-6)
+    assert _hull_area(good[0]) / 400.0 ** 2 < NO_ECC.min_spread < res.checks["spread"]
+    assert res.checks["inlier_ratio"] == 1.0 and res.checks["reprojection_px"] < 1e-3 and res.homography[2, 2] == 1.0
+
+
+def test_without_enough_other_matches_the_implausible_set_is_refused():
+    """9 other matches are fewer than min_inliers: no second chance, the first set's problem is the reason."""
+    anchor, photo = _object_scene()
+    good = _matches(CROP, _grid(165, 235, 4)[:9])
+    bad = _matches(ASIDE, _grid(260, 370, 6)[:30])
+    _set_features(anchor, photo, [bad, good])
+    res = align(anchor, photo, NO_ECC)
+    assert res.reason == "photo covers only 0% of the object (min 30%; --min-overlap)" and res.homography is None
+    assert res.matches == 39 and res.inliers == 30 and "second_model" not in res.checks
+
+
+def test_a_second_set_needs_min_inliers_of_its_own():
+    """12 other matches, of which only 9 agree on the true homography: refused with the first problem."""
+    anchor, photo = _object_scene()
+    good = _matches(CROP, _grid(165, 235, 4)[:9])
+    stray = (np.array([[160.0, 230], [240, 160], [200, 245]]), np.array([[100.0, 5], [7, 90], [60, 60]]))
+    bad = _matches(ASIDE, _grid(260, 370, 6)[:30])
+    _set_features(anchor, photo, [bad, good, stray])
+    res = align(anchor, photo, NO_ECC)
+    assert res.reason == "photo covers only 0% of the object (min 30%; --min-overlap)" and "second_model" not in res.checks
+
+
+def test_a_plausible_strongest_set_is_kept_though_the_rest_holds_another():
+    """The strongest set is plausible: it stands, even though the other matches (a repeating pattern
+    seen one period off) hold a plausible set too. The overlap is of the object's region: the photo
+    covers only 9 % of the anchor."""
+    anchor, photo = _object_scene()
+    shifted = np.array([[1, 0, 4], [0, 1, 0], [0, 0, 1.0]]) @ CROP
+    good = _matches(CROP, _grid(160, 240, 5)[:20])
+    other = _matches(shifted, _grid(165, 235, 4)[:12])
+    _set_features(anchor, photo, [good, other])
+    res = align(anchor, photo, NO_ECC)
+    assert res.ok, res.reason
+    assert "second_model" not in res.checks and res.inliers == 20 and res.matches == 32
+    assert _error(res.homography, CROP, 120) < 0.01
+    assert res.checks["overlap"] == pytest.approx(1.0)
+
+
+def test_a_photo_of_the_object_alone_is_judged_against_the_object():
+    """Overlap and spread are of the object's region when it is set: the same photo and matches without
+    the region cover 9 % of the anchor (refused), with it the whole object (accepted)."""
+    anchor, photo = _object_scene()
+    good = _matches(CROP, _grid(160, 240, 5))
+    _set_features(anchor, photo, [good])
+    res = align(anchor, photo, NO_ECC)
+    assert res.ok and res.checks["overlap"] == pytest.approx(1.0)
+    set_region(anchor, None)
+    res = align(anchor, photo, NO_ECC)
+    assert res.reason == "photo covers only 9% of the anchor (min 30%; --min-overlap)"
+    assert res.checks["overlap"] == pytest.approx(119.0 ** 2 / 399.0 ** 2, rel=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------
+# the counts and their limits: keypoints, matches, inliers, the half-size retry
+
+
+TRUTH = _rot(3.0, 4.0, -3.0, 240)  # photo px -> anchor px
+
+
+def _rotated_scene(cfg: AlignConfig = NO_ECC):
+    """(anchor, photo): a 240-px textured plane and a view of it, slightly turned and shifted (TRUTH)."""
+    img = _plane(240, seed=1)
+    return prepare(img, cfg), prepare(_view(img, TRUTH, (240, 240)), cfg)
+
+
+def test_exactly_min_inliers_at_full_size_is_enough_and_no_retry_is_made():
+    """10 keypoints, 10 matches, 10 inliers with min_inliers 10: accepted from the full-size features,
+    though the half-size ones would give 20."""
+    anchor, photo = _rotated_scene()
+    full = _matches(TRUTH, _grid(40, 200, 4)[:10])
+    half = _matches(TRUTH, _grid(35, 205, 5)[:20])
+    _set_features(anchor, photo, [full], half=[half])
+    res = align(anchor, photo, NO_ECC)
+    assert res.ok, res.reason
+    assert len(photo.keypoints) == 10 and res.matches == 10 and res.inliers == 10
+    assert "half_size_features" not in res.checks and _error(res.homography, TRUTH, 240) < 0.01
+
+
+def test_one_inlier_short_the_half_size_features_are_tried_and_taken():
+    """9 inliers (and an outlier) at full size: one short of min_inliers. The half-size features give
+    exactly 10, one more than the 9: taken, and said so."""
+    anchor, photo = _rotated_scene()
+    full = _matches(TRUTH, _grid(40, 200, 3))
+    outlier = (np.array([[30.0, 210.0]]), np.array([[200.0, 25.0]]))
+    half = _matches(TRUTH, _grid(45, 195, 4)[:10])
+    _set_features(anchor, photo, [full, outlier], half=[half])
+    res = align(anchor, photo, NO_ECC)
+    assert res.ok, res.reason
+    assert res.checks["half_size_features"] == 1.0
+    assert res.matches == 10 and res.inliers == 10 and _error(res.homography, TRUTH, 240) < 0.01
+    # The half-size matches were used: the inliers' hull is theirs.
+    assert res.checks["spread"] == pytest.approx(_hull_area(half[0]) / 240 ** 2, rel=1e-6)
+    # Without the retry: refused with the full-size count.
+    anchor, photo = _rotated_scene()
+    _set_features(anchor, photo, [full, outlier], half=[half])
+    res = align(anchor, photo, AlignConfig(ecc=False, retry_half=False))
+    assert res.reason == "too few RANSAC inliers (9 < 10 of 10 matches; another object? --min-inliers)"
+
+
+def test_half_size_features_no_better_are_not_taken():
+    """9 inliers at full size, 9 at half size: not one more, so the full-size result (refused) stands."""
+    anchor, photo = _rotated_scene()
+    full = _matches(TRUTH, _grid(40, 200, 3))
+    outlier = (np.array([[30.0, 210.0]]), np.array([[200.0, 25.0]]))
+    half = _matches(TRUTH, _grid(45, 195, 3))
+    _set_features(anchor, photo, [full, outlier], half=[half])
+    res = align(anchor, photo, NO_ECC)
+    assert res.reason == "too few RANSAC inliers (9 < 10 of 10 matches; another object? --min-inliers)"
+    assert "half_size_features" not in res.checks
+
+
+def test_four_matches_are_enough_when_min_inliers_allows():
+    """A homography needs 4 matches: with min_inliers 4, exactly 4 (spread over the plane) are accepted."""
+    anchor, photo = _rotated_scene()
+    four = _matches(TRUTH, np.array([[40.0, 45], [200, 38], [195, 205], [42, 190]]))
+    _set_features(anchor, photo, [four])
+    cfg = AlignConfig(ecc=False, min_inliers=4)
+    res = align(anchor, photo, cfg)
+    assert res.ok, res.reason
+    assert res.matches == 4 and res.inliers == 4 and _error(res.homography, TRUTH, 240) < 0.01
+    three = (four[0][:3], four[1][:3])
+    _set_features(anchor, photo, [three])
+    res = align(anchor, photo, AlignConfig(ecc=False, min_inliers=3))
+    assert res.reason == "too few feature matches (3 < 3; another object?)" and res.matches == 3
+
+
+def test_matching_needs_two_keypoints_on_each_side():
+    """Two keypoints on a side are enough to match (the ratio test needs two neighbours); one is not."""
+    anchor, photo = _rotated_scene()
+    two = _matches(TRUTH, np.array([[60.0, 70], [170, 150]]))
+    cfg = AlignConfig(ecc=False, min_inliers=1)
+    _set_features(anchor, photo, [two], extra_photo=8)  # anchor: 2 keypoints, photo: 10
+    assert len(anchor.keypoints) == 2
+    assert align(anchor, photo, cfg).reason == "too few feature matches (2 < 1; another object?)"
+    anchor, photo = _rotated_scene()
+    ten = _matches(TRUTH, _grid(40, 200, 4)[:10])
+    _set_features(anchor, photo, [ten])
+    photo.keypoints, photo.descriptors = photo.keypoints[:2], photo.descriptors[:2]  # photo: 2
+    photo.half_features = (photo.keypoints, photo.descriptors)
+    assert align(anchor, photo, cfg).reason == "too few feature matches (2 < 1; another object?)"
+    photo.keypoints, photo.descriptors = photo.keypoints[:1], photo.descriptors[:1]  # photo: 1
+    photo.half_features = (photo.keypoints, photo.descriptors)
+    assert align(anchor, photo, cfg).reason == "too few feature matches (0 < 1; another object?)"
+
+
+def test_match_returns_float32_point_pairs_even_when_empty():
+    from generator.align import _match
+
+    anchor, photo = _rotated_scene()
+    ten = _matches(TRUTH, _grid(40, 200, 4)[:10])
+    _set_features(anchor, photo, [ten])
+    src, dst = _match(anchor, photo, NO_ECC)
+    assert src.dtype == np.float32 and dst.dtype == np.float32 and src.shape == dst.shape == (10, 2)
+    order = np.argsort(src[:, 0])
+    np.testing.assert_allclose(project(TRUTH, src[order].astype(np.float64)), dst[order], atol=1e-3)
+    anchor.keypoints, anchor.descriptors = anchor.keypoints[:1], anchor.descriptors[:1]
+    for half in (False, True):
+        if half:
+            anchor.half_features = (anchor.keypoints, anchor.descriptors)
+        src, dst = _match(anchor, photo, NO_ECC, half=half)
+        assert src.dtype == np.float32 and dst.dtype == np.float32 and src.shape == dst.shape == (0, 2)
+
+
+def test_the_spread_limit_refuses_a_detail_matched_by_chance_and_is_inclusive():
+    anchor, photo = _rotated_scene()
+    pts = _grid(100, 125, 4)[:12]  # a 25-px patch of a 240-px plane
+    _set_features(anchor, photo, [_matches(TRUTH, pts)])
+    spread = _hull_area(pts) / 240 ** 2
+    res = align(anchor, photo, NO_ECC)
+    assert res.reason == (f"the inliers cover only {spread:.0%} of the object (min 5%: a detail matched by "
+                          "chance? --min-spread)")
+    assert res.checks["spread"] == pytest.approx(spread, rel=1e-6) and res.homography is None
+    res = align(anchor, photo, AlignConfig(ecc=False, min_spread=res.checks["spread"]))
+    assert res.ok, res.reason
+
+
+def test_reprojection_error_is_the_rms_distance_of_the_inliers():
+    """Matches off by a known 0.5-1.5 px (all within the RANSAC threshold): reprojection_px is their RMS
+    distance from where the homography found maps them."""
+    anchor, photo = _rotated_scene()
+    a_pts, p_pts = _matches(TRUTH, _grid(40, 200, 5))
+    rng = np.random.default_rng(4)
+    ang = rng.uniform(0, 2 * np.pi, len(p_pts))
+    p_pts = p_pts + rng.uniform(0.5, 1.5, len(p_pts))[:, None] * np.c_[np.cos(ang), np.sin(ang)]
+    _set_features(anchor, photo, [(a_pts, p_pts)])
+    res = align(anchor, photo, NO_ECC)
+    assert res.ok and res.inliers == 25
+    d = project(res.homography, p_pts.astype(np.float32).astype(np.float64)) - a_pts.astype(np.float32)
+    assert res.checks["reprojection_px"] == pytest.approx(float(np.sqrt(np.mean(np.sum(d * d, axis=1)))), rel=1e-4)
+    assert 0.3 < res.checks["reprojection_px"] < 1.5
