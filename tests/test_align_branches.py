@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from generator.align import AlignConfig, Frame, align, prepare, project, set_region
+from generator.align import AlignConfig, Frame, align, homography_problem, prepare, project, set_region
 
 NO_ECC = AlignConfig(ecc=False)
 
@@ -323,3 +323,144 @@ def test_reprojection_error_is_the_rms_distance_of_the_inliers():
     d = project(res.homography, p_pts.astype(np.float32).astype(np.float64)) - a_pts.astype(np.float32)
     assert res.checks["reprojection_px"] == pytest.approx(float(np.sqrt(np.mean(np.sum(d * d, axis=1)))), rel=1e-4)
     assert 0.3 < res.checks["reprojection_px"] < 1.5
+
+
+# ----------------------------------------------------------------------------------------------
+# matching and RANSAC on their own
+
+
+def _orb_bytes(pattern: np.ndarray) -> np.ndarray:
+    return np.where(pattern, 0x40, 0x3F).astype(np.uint8)
+
+
+def test_orb_descriptors_are_compared_by_hamming_distance():
+    """ORB descriptors are bit strings: the nearest is by differing bits, not by byte values. Each photo
+    descriptor q differs from its true partner a by 1 bit in each byte (but by 128 in value) and from
+    a decoy b by 7 bits in each byte (but by 1 in value): matched by bits, every match is the true one."""
+    from generator.align import _match
+
+    cfg = AlignConfig(method="orb", ecc=False)
+    img = _plane(240, seed=1)
+    anchor, photo = prepare(img, cfg), prepare(_view(img, TRUTH, (240, 240)), cfg)
+    rng = np.random.default_rng(5)
+    a_pts = _grid(40, 200, 4)[:12]
+    p_pts = project(np.linalg.inv(TRUTH), a_pts)
+    base = _orb_bytes(rng.random((12, 32)) < 0.5)  # bytes 0x3F or 0x40
+    q = base | 0x80  # 1 bit from base, 128 in value
+    decoy = q ^ 0x7F  # 7 bits from q, 1 in value (0xBF <-> 0xC0)
+    anchor.keypoints = np.concatenate([a_pts, rng.uniform(0, 240, (12, 2))]).astype(np.float32)
+    anchor.descriptors = np.concatenate([base, decoy])
+    photo.keypoints, photo.descriptors = p_pts.astype(np.float32), q
+    src, dst = _match(anchor, photo, cfg)
+    assert len(src) == 12
+    np.testing.assert_allclose(project(TRUTH, src.astype(np.float64)), dst, atol=1e-3)
+    res = align(anchor, photo, AlignConfig(method="orb", ecc=False, retry_half=False))
+    assert res.ok and res.inliers == 12 and _error(res.homography, TRUTH, 240) < 0.01
+
+
+def test_the_ratio_test_is_strict():
+    """A match is kept when its distance is below ratio x the second nearest's: 3 bits against 6 is, 4
+    against 5 (exactly 0.8 x 5) is not, nor 14 against 15."""
+    from generator.align import _match
+
+    cfg = AlignConfig(method="orb", ecc=False)
+    img = _plane(120, seed=2)
+    anchor, photo = prepare(img, cfg), prepare(img, cfg)
+    a1 = np.zeros(32, np.uint8)
+    q4 = a1.copy()
+    q4[0] = 0b00001111  # 4 bits from a1
+    a2 = q4.copy()
+    a2[1] = 0b00011111  # 5 bits from q4, 9 from a1
+    q3 = a1.copy()
+    q3[0] = 0b00000111  # 3 bits from a1, 6 from a2
+    far = q4.copy()
+    far[5] = far[6] = 0b00011111  # 14 bits from a1, 15 from a2: never kept
+    assert [int(np.unpackbits(x ^ y).sum()) for x, y in ((q4, a1), (q4, a2), (q3, a1), (q3, a2), (far, a1),
+                                                          (far, a2))] == [4, 5, 3, 6, 14, 15]
+    anchor.keypoints, anchor.descriptors = np.array([[10.0, 10], [50, 50]], np.float32), np.stack([a1, a2])
+    photo.keypoints = np.array([[20.0, 20], [30, 30]], np.float32)
+    for q, kept in ((q3, True), (q4, False)):
+        photo.descriptors = np.stack([q, far])
+        src, dst = _match(anchor, photo, cfg)
+        assert len(src) == int(kept), q
+        if kept:
+            assert src[0].tolist() == [20.0, 20.0] and dst[0].tolist() == [10.0, 10.0]
+
+
+def test_ransac_on_fewer_than_four_matches_and_its_threshold():
+    from generator.align import _ransac
+
+    rng = np.random.default_rng(6)
+    src = rng.uniform(0, 200, (3, 2)).astype(np.float32)
+    h, inl = _ransac(src, src + 1, AlignConfig())
+    assert h is None and inl.dtype == bool and inl.shape == (3,) and not inl.any()
+    # 20 exact matches and 6 off by 2 px: inliers at a 3-px threshold, outliers at 1 px.
+    src = rng.uniform(0, 200, (26, 2)).astype(np.float32)
+    dst = project(TRUTH, src.astype(np.float64))
+    ang = rng.uniform(0, 2 * np.pi, 6)
+    dst[20:] += 2.0 * np.c_[np.cos(ang), np.sin(ang)]
+    dst = dst.astype(np.float32)
+    h, inl = _ransac(src, dst, AlignConfig(ransac_threshold=3.0))
+    assert inl.dtype == bool and inl.sum() == 26
+    h, inl = _ransac(src, dst, AlignConfig(ransac_threshold=1.0))
+    assert inl[:20].all() and not inl[20:].any()
+
+
+# ----------------------------------------------------------------------------------------------
+# the plausibility measures at their limits
+
+
+SIZE = (200, 150)
+
+
+def test_a_tiny_projection_is_an_extreme_scale_not_a_mirror_or_a_fold():
+    """A map that shrinks the photo to a fraction of a pixel is still convex and not mirrored: its
+    cross products are tiny but positive."""
+    problem, checks = homography_problem(np.diag([1e-3, 1e-3, 1.0]), SIZE, SIZE, AlignConfig())
+    assert problem == "extreme homography (scale change 0.00, allowed 1/3.0..3.0)"
+    assert checks["scale"] == pytest.approx(1e-3 * np.sqrt(199 * 149 / (200 * 150)), rel=1e-6)
+
+
+def test_anisotropy_of_a_shrinking_map_is_one():
+    """Shrinking evenly (both singular values 0.5) is no shear: anisotropy 1, not 0.5."""
+    _, checks = homography_problem(np.diag([0.5, 0.5, 1.0]), SIZE, (100, 75), AlignConfig())
+    assert checks["anisotropy"] == pytest.approx(1.0, abs=1e-12)
+
+
+def test_anisotropy_is_measured_at_the_photos_centre():
+    """Under perspective the local stretch varies across the photo: it is taken at the centre pixel
+    ((w - 1) / 2, (h - 1) / 2), by central differences one pixel either side."""
+    h = np.array([[1.0, 0.1, 5], [0.05, 1.2, 3], [1.5e-3, 8e-4, 1.0]])
+    w, hh = SIZE
+
+    def f(x, y):
+        p = h @ [x, y, 1.0]
+        return p[:2] / p[2]
+
+    cx, cy = (w - 1) / 2, (hh - 1) / 2
+    jac = np.stack([(f(cx + 1, cy) - f(cx - 1, cy)) / 2, (f(cx, cy + 1) - f(cx, cy - 1)) / 2], axis=1)
+    sv = np.linalg.svd(jac, compute_uv=False)
+    _, checks = homography_problem(h, SIZE, (400, 300), AlignConfig(max_anisotropy=10, max_scale_change=10))
+    assert checks["anisotropy"] == pytest.approx(sv[0] / sv[1], rel=1e-9)
+    # Not the same one pixel off, nor with 2-px differences: the measure is that precise.
+    jac2 = np.stack([(f(cx + 2, cy) - f(cx - 2, cy)) / 4, (f(cx, cy + 2) - f(cx, cy - 2)) / 4], axis=1)
+    sv2 = np.linalg.svd(jac2, compute_uv=False)
+    assert abs(sv2[0] / sv2[1] - sv[0] / sv[1]) > 1e-7
+
+
+def test_overlap_and_scale_limits_are_inclusive():
+    shift = np.array([[1, 0, 100], [0, 1, 0], [0, 0, 1.0]])
+    _, checks = homography_problem(shift, SIZE, SIZE, AlignConfig())
+    assert homography_problem(shift, SIZE, SIZE, AlignConfig(min_overlap=checks["overlap"]))[0] is None
+    small = np.diag([0.4, 0.4, 1.0])
+    _, checks = homography_problem(small, SIZE, (80, 60), AlignConfig())
+    limit = 1 / checks["scale"]
+    assert 1 / limit == checks["scale"]  # the lower limit, 1 / max_scale_change, is exactly the scale
+    assert homography_problem(small, SIZE, (80, 60), AlignConfig(max_scale_change=limit))[0] is None
+
+
+def test_overlap_of_a_region_smaller_than_two_square_pixels():
+    """The overlap is of the region's own area, however small (the floor of 1 px^2 only avoids 0 / 0)."""
+    region = np.array([[10, 10], [11.2, 10], [11.2, 11.2], [10, 11.2]], np.float64)  # 1.44 px^2
+    _, checks = homography_problem(np.eye(3), SIZE, SIZE, AlignConfig(), region)
+    assert checks["overlap"] == pytest.approx(1.0, rel=1e-5)
