@@ -64,11 +64,15 @@ class SemiRealCapture:
 
 
 # ---------------------------------------------------------------------------------- the world
-def cover_picture(rng: np.random.Generator, height: int, aspect: float, avoid: str | None = None) -> tuple[np.ndarray, str]:
+def cover_picture(rng: np.random.Generator, height: int, aspect: float, avoid: str | None = None,
+                  picture: str | None = None) -> tuple[np.ndarray, str]:
     """(uint8 (height, round(height * aspect), 3), its source's name): a book-cover-like picture,
-    never from the picture `avoid` (an intruder must be another cover, not another print of it)."""
+    never from the picture `avoid` (an intruder must be another cover, not another print of it).
+    picture="procedural" forces a procedural cover (often weakly textured: a gradient, shapes, a
+    little text); None draws one (30 % procedural). The same draws are made either way."""
     w = max(8, round(height * aspect))
-    if rng.random() < 0.3:
+    draw = rng.random()
+    if (draw < 0.3) if picture is None else picture == "procedural":
         from generator.covers import procedural_cover
 
         name = "procedural"
@@ -127,7 +131,7 @@ def table_texture(rng: np.random.Generator, kind: str, size: tuple[int, int]) ->
 
 
 def world(rng: np.random.Generator, cover_px: int, table: str, aspect: float,
-          avoid: str | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+          avoid: str | None = None, picture: str | None = None) -> tuple[np.ndarray, np.ndarray, str]:
     """The table with the cover on it: (canvas float32 (H, W, 3), cover corners (4, 2) canvas px,
     the cover picture's name)."""
     ch = cover_px if aspect <= 1 else round(cover_px / aspect)
@@ -139,7 +143,7 @@ def world(rng: np.random.Generator, cover_px: int, table: str, aspect: float,
     rim = np.zeros((side, side), np.float32)
     rim[y0 - 2:y0 + ch + 4, x0 - 2:x0 + cw + 4] = 1
     canvas *= 1 - 0.25 * cv2.GaussianBlur(rim, (0, 0), max(1.0, ch / 300))[..., None]
-    pic, name = cover_picture(rng, ch, aspect, avoid)
+    pic, name = cover_picture(rng, ch, aspect, avoid, picture)
     canvas[y0:y0 + ch, x0:x0 + cw] = pic.astype(np.float32) / 255
     corners = np.array([[x0 - 0.5, y0 - 0.5], [x0 + cw - 0.5, y0 - 0.5], [x0 + cw - 0.5, y0 + ch - 0.5],
                         [x0 - 0.5, y0 + ch - 0.5]], np.float64)
@@ -293,9 +297,10 @@ def to_jpeg(img: np.ndarray, quality: int) -> tuple[np.ndarray, bytes]:
 def make_sequence(seed: int, photos: int = 8, photo_size: tuple[int, int] = (800, 600), intruders: int = 1,
                   table: str | None = None, max_tilt: float = 25.0, max_roll: float = 15.0,
                   scale_range: tuple[float, float] = (0.8, 1.25), detail: float = 1.3,
-                  avoid_picture: str | None = None) -> SemiRealCapture:
+                  avoid_picture: str | None = None, picture: str | None = None) -> SemiRealCapture:
     """A reference and `photos` handheld photos of one cover, plus `intruders` photos of another.
 
+    picture="procedural": the cover is a procedural one (see cover_picture); intruders still draw.
     detail: canvas px of the cover per photo px at the largest scale (> 1: photos are not blurred by
     upsampling; < 1 saves time and memory for huge photos).
     """
@@ -304,7 +309,7 @@ def make_sequence(seed: int, photos: int = 8, photo_size: tuple[int, int] = (800
     aspect = float(rng.uniform(0.62, 0.85) if rng.random() < 0.8 else rng.uniform(1.2, 1.5))
     fill = rng.uniform(0.55, 0.7)
     cover_px = int(detail * fill * scale_range[1] * min(photo_size))
-    canvas, corners, picture = world(np.random.default_rng([seed, 1]), cover_px, table, aspect, avoid_picture)
+    canvas, corners, picture = world(np.random.default_rng([seed, 1]), cover_px, table, aspect, avoid_picture, picture)
     centre = corners.mean(axis=0)
     ref_cam = camera(rng, photo_size, centre, cover_px, fill, rng.uniform(0, 3), rng.uniform(-3, 3), 1.0, 0.02)
     ref, _ = spoil(np.random.default_rng([seed, 2]), shoot(canvas, ref_cam, photo_size), clean=True)

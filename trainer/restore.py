@@ -37,6 +37,7 @@ from model.checkpoint import CheckpointError
 from model.online import restore_online
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
+ALIGN_MODES = ("consensus", "anchor")  # --align-mode: to the median of the agreeing photos, or to one photo
 OUTPUT_FORMATS = {".png": (8, 16), ".tif": (8, 16), ".tiff": (8, 16), ".jpg": (8,), ".jpeg": (8,)}
 PACKAGED_WEIGHTS = Path(__file__).resolve().parent.parent / "model" / "weights" / "drs_fusion.pt"
 # EXIF orientations 5-8 rotate by 90 degrees: width and height swap once the tag is applied.
@@ -153,13 +154,19 @@ class Aligner:
     """
 
     def __init__(self, paths: Sequence[Path], size: tuple[int, int], anchor: int = 0, cfg=None,
-                 progress: bool = True, rectify: str = "auto", corners: np.ndarray | None = None):
+                 progress: bool = True, rectify: str = "auto", corners: np.ndarray | None = None,
+                 mode: str = "consensus"):
         # cv2: only needed with --align
         from generator.align import AlignConfig, align, find_quad, prepare, set_region
 
         if not 0 <= anchor < len(paths):
             raise RestoreError(f"--align-to {anchor}: there are {len(paths)} photos (indices 0..{len(paths) - 1})")
+        if mode not in ALIGN_MODES:
+            raise RestoreError(f"--align-mode {mode!r}: one of {', '.join(ALIGN_MODES)}")
         cfg = cfg or AlignConfig()
+        self.how = "each photo aligned to the anchor photo (--align-mode anchor)"
+        if mode == "consensus":
+            return self._consensus(paths, size, anchor, cfg, progress, rectify, corners)
         self.anchor_path = Path(paths[anchor])
         self.anchor = _to_hwc(load_image(self.anchor_path, size))
         anchor_frame = prepare(self.anchor, cfg)
@@ -199,6 +206,14 @@ class Aligner:
             found = median.find_quad()
             if found is not None:
                 quad, how = found, f"the outline found in the median of the aligned photos (not in the anchor: {how})"
+        self._finish(quad, size, how, rectify, corners)
+
+    def _finish(self, quad: np.ndarray | None, size: tuple[int, int], how: str, rectify: str,
+                corners: np.ndarray | None) -> None:
+        """The output frame (rectified to quad, or the anchor's) and the anchor fill, once the
+        homographies are known."""
+        import cv2
+
         if quad is not None:
             self._rectify(quad, size, how)
         elif rectify == "off" and corners is None:
@@ -206,14 +221,52 @@ class Aligner:
         else:
             self.outline = (f"no cover outline found in {self.anchor_path.name} or the other photos ({how}); output "
                             "in the anchor photo's frame (give --corners x1,y1,...,x4,y4 to rectify)")
-        import cv2
-
         self.size = size
         # What fills pixels a photo does not cover: the anchor, seen in the output frame (uint8: 1/4
         # of the float's memory).
         fill = cv2.warpPerspective(self.anchor, self.to_out, self.out_size, flags=cv2.INTER_LINEAR,
                                    borderMode=cv2.BORDER_REPLICATE)
         self.anchor = (fill * 255 + 0.5).astype(np.uint8)
+
+    def _consensus(self, paths: Sequence[Path], size: tuple[int, int], anchor: int, cfg, progress: bool,
+                   rectify: str, corners: np.ndarray | None) -> None:
+        """--align-mode consensus (generator/align_set.py): every photo aligned to the median of the
+        photos that agree, not to one spoiled photo. Holds each photo's work copy (about 10 MB for
+        a 1024-px work size) while aligning; the restore itself still streams."""
+        from generator.align import find_quad, project
+        from generator.align_set import SetPhoto, align_set
+
+        photos = [SetPhoto.load(_to_hwc(load_image(p, size)), cfg)
+                  for p in tqdm(paths, desc="preparing", unit="img", disable=not progress)]
+        res = align_set(photos, anchor, cfg)
+        self.how = res.how
+        if res.anchor != anchor:
+            if corners is not None:
+                raise RestoreError(f"--corners are in {Path(paths[anchor]).name}'s px, but that photo does not align to "
+                                   f"the others ({res.rejected.get(anchor, '')}); give them in "
+                                   f"{Path(paths[res.anchor]).name}'s px with --align-to {res.anchor}")
+            self.how += (f"; {Path(paths[anchor]).name} does not align to the others, so the output is in "
+                         f"{Path(paths[res.anchor]).name}'s frame")
+        self.anchor_path = Path(paths[res.anchor])
+        self.anchor = _to_hwc(load_image(self.anchor_path, size))
+        self.to_out, self.out_size, self.outline = np.eye(3), size, ""
+        self.paths = [Path(p) for i, p in enumerate(paths) if i in res.homographies]
+        self.homographies = [res.homographies[i] for i in range(len(paths)) if i in res.homographies]
+        self.rejected = [(Path(paths[i]), why) for i, why in sorted(res.rejected.items())]
+        if corners is not None:
+            quad, how = np.asarray(corners, np.float64), "the given --corners"
+        elif rectify == "off":
+            quad, how = None, "not rectified (--rectify off): output in the anchor photo's frame"
+        else:
+            found = find_quad(self.anchor)
+            quad, how = found.quad, found.reason if found.quad is None else f"the outline found in {self.anchor_path.name}"
+            if quad is None and res.median is not None and len(self.paths) >= 3:
+                # The median is in the anchor's work frame: each photo's glare and hand outvoted.
+                in_median = find_quad(res.median)
+                if in_median.quad is not None:
+                    quad = project(np.linalg.inv(photos[res.anchor].frame.to_work), in_median.quad)
+                    how = f"the outline found in the median of the aligned photos (not in the anchor: {how})"
+        self._finish(quad, size, how, rectify, corners)
 
     def _rectify(self, quad: np.ndarray, size: tuple[int, int], how: str) -> None:
         """Set to_out / out_size / outline for the cover outlined by quad (anchor px)."""
@@ -385,6 +438,9 @@ def make_parser() -> argparse.ArgumentParser:
     ap.add_argument("--rectify", choices=("auto", "off"), default="auto",
                     help="with --align: auto = output the flat, front-on cover when its outline is found in the "
                          "anchor photo; off = output in the anchor photo's frame")
+    ap.add_argument("--align-mode", choices=ALIGN_MODES, default="consensus",
+                    help="with --align: consensus = align every photo to the median of the photos that agree "
+                         "(no photo is trusted alone; default); anchor = align each photo to the anchor photo only")
     ap.add_argument("--corners", default=None, metavar="X1,Y1,...,X4,Y4",
                     help="the cover's corners in the anchor photo (px, any order); implies --align, rectifies to them")
     ap.add_argument("--force", action="store_true", help="replace --out if it already exists")
@@ -406,7 +462,9 @@ def transform_from_args(args: argparse.Namespace, paths: list[Path]) -> tuple[li
         except ValueError as exc:
             raise RestoreError(f"--corners: {exc}") from None
     aligner = Aligner(paths, check_sizes(paths, args.resize), anchor=args.align_to or 0, progress=not args.quiet,
-                      rectify=args.rectify, corners=corners)
+                      rectify=args.rectify, corners=corners, mode=args.align_mode)
+    if not args.quiet:
+        print(f"drs-restore: alignment: {aligner.how}", file=sys.stderr)
     if not args.quiet or aligner.outline.startswith("no cover outline"):  # a fallback is always said
         print(f"drs-restore: {aligner.outline}", file=sys.stderr)
     for p, reason in aligner.rejected:

@@ -1,0 +1,268 @@
+"""Align a set of handheld photos of one flat object to each other, without a clean reference.
+
+    photos = [SetPhoto.load(img, cfg) for img in images]       # img: (H, W, 3), uint8 or float in [0, 1]
+    res = align_set(photos, anchor=0)                           # SetResult
+    res.homographies[i]     # float64 (3, 3), photo i px -> photo res.anchor px (kept photos only)
+    res.rejected[i]         # why photo i was left out
+
+Why not align every photo to the anchor (generator/align.py's `align`, as `drs-ingest` does
+against a clean reference): every photo of a set is spoiled, the anchor too. Measured on the
+semi-real captures (tests/semireal.py): the texture two photos share is often their occluders',
+not the cover's, so photo-to-photo matching finds few right matches on a weakly textured cover,
+and strong, consistent models on two alike occluders (up to 450 inliers, agreement 0.8, 100 px
+off). So the photos are aligned to what they agree on, not to any one of them:
+
+1. pair models (generator/pair_models.py): up to 3 homographies per pair of photos, those a flat,
+   centred cover cannot give dropped (off centre, implausible, screen-fixed);
+2. seeds: triplets whose models agree around the loop, then the strongest single pair models,
+   then the anchor alone; each seed's median, in its first photo's frame, has each photo's own
+   clutter outvoted;
+3. consensus: every photo is aligned to each seed's median with align's trust checks (features,
+   photometric agreement where the cover has texture) and the centre prior; the seed whose median
+   explains the most photos wins, and only if it explains at least half of them (the cover is in
+   every photo, alike occluders in a few: a world of a few photos is not the cover);
+4. refinement: the median of the accepted photos, in the anchor's frame, and every photo (the
+   rejected ones too) aligned to it again with ECC, `ROUNDS` times; each photo's map onto the
+   anchor goes through the median (photo -> median -> anchor, by the anchor's own alignment to it).
+   The photos are then consistent with each other to a few tenths of a pixel; the frame as a whole
+   can sit up to ~2 px from the anchor's true one (measured; the outline rectification that
+   follows fixes the output's frame anyway).
+
+Intruders (photos of another cover) fail the same checks against the median as against a clean
+reference. When no seed explains half of the photos (a cover so weakly textured that no pair of
+photos shares enough right matches), only the anchor is kept and every other photo says why: the
+set fails closed rather than accepting a wrong alignment. NumPy and OpenCV only; used by
+`drs-restore --align` (trainer/restore.py).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field, replace
+
+import cv2
+import numpy as np
+
+from generator.align import (
+    AlignConfig,
+    Alignment,
+    Frame,
+    align,
+    central_region,
+    find_quad,
+    prepare,
+    project,
+    set_region,
+)
+from generator.pair_models import (
+    Seed,
+    SetPhoto,
+    all_pair_models,
+    centre_problem,
+    default_guard,
+    distinct,
+    loop_seeds,
+    pair_seeds,
+)
+
+MAX_SEEDS = 4  # loop seeds whose medians are tried (then the 2 strongest pair models, then the anchor)
+ROUNDS = 2  # realignments against the median of the accepted photos
+DEFAULT_CONFIG = AlignConfig()
+
+
+@dataclass
+class SetResult:
+    """anchor: the photo whose frame the homographies map into (the one asked for unless it could
+    not be aligned to the others); homographies / alignments: of the kept photos (photo full px ->
+    anchor full px; the anchor's is its own alignment to the median, not the identity); rejected:
+    photo index -> reason; how: one line on what was done, for the console."""
+
+    anchor: int
+    homographies: dict[int, np.ndarray] = field(default_factory=dict)
+    alignments: dict[int, Alignment] = field(default_factory=dict)
+    rejected: dict[int, str] = field(default_factory=dict)
+    how: str = ""
+    median: np.ndarray | None = None  # uint8 (h, w, 3), the anchor's work frame
+
+
+# ---------------------------------------------------------------------------------- medians
+def warped_stack(photos: list[SetPhoto], maps: dict[int, np.ndarray], size: tuple[int, int]) -> np.ndarray:
+    """float32 (len(maps), H, W, 3): the photos' small copies warped by maps[i] (photo i work px ->
+    the frame's px) into a frame of `size` (W, H), NaN where a photo does not reach."""
+    stack = np.full((len(maps), size[1], size[0], 3), np.nan, np.float32)
+    for n, (i, h) in enumerate(maps.items()):
+        stack[n] = cv2.warpPerspective(photos[i].small.astype(np.float32), h, size, flags=cv2.INTER_LINEAR,
+                                       borderMode=cv2.BORDER_CONSTANT, borderValue=(np.nan, np.nan, np.nan))
+    return stack
+
+
+def stack_median(stack: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 3): the per-pixel median of a warped_stack over the photos that show each pixel
+    (one photo's occluder or glare is outvoted where three or more do); 0 where none does."""
+    with warnings.catch_warnings():  # a pixel no photo shows is a NaN median, set to 0 below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        med = np.nanmedian(stack, axis=0)
+    return np.clip(np.nan_to_num(med, nan=0.0) + 0.5, 0, 255).astype(np.uint8)
+
+
+def median_view(photos: list[SetPhoto], maps: dict[int, np.ndarray], size: tuple[int, int]) -> np.ndarray:
+    """uint8 (H, W, 3): the median of the photos warped by maps (see warped_stack) into a frame of `size`."""
+    return stack_median(warped_stack(photos, maps, size))
+
+
+def median_frame(median: np.ndarray, cfg: AlignConfig, like: Frame | None = None) -> tuple[Frame, str]:
+    """The median prepared as an anchor, its checks restricted to the cover: its outline when found
+    in it, else the central 30 % (where the capture protocol puts it; a photo of another cover on
+    the same patterned table must not pass on the table); or the region of frame `like` (the same
+    frame size). Returns (frame, what region)."""
+    frame = prepare(median, cfg)
+    if like is not None:
+        quad = None if like.region is None else project(np.linalg.inv(like.to_work), like.region.astype(np.float64))
+        set_region(frame, quad, like.ecc_in_region)
+        return frame, "like"
+    found = find_quad(median)
+    if found.quad is not None:
+        set_region(frame, found.quad)
+        return frame, "outline"
+    set_region(frame, central_region(frame.size), ecc_in_region=False)
+    return frame, f"centre ({found.reason})"
+
+
+# ---------------------------------------------------------------------------------- consensus
+def align_photo(photo: SetPhoto, target: Frame, cfg: AlignConfig) -> Alignment:
+    """A photo aligned to `target` (a median, in one photo's work frame) with align's trust checks,
+    and the centre prior (centre_problem): a median built on alike occluders explains them, off
+    the cover's centre."""
+    r = align(target, photo.frame, cfg)
+    if r.ok:
+        r.reason = centre_problem(r.homography @ np.linalg.inv(photo.frame.to_work), photo.frame.work_size,
+                                  target.size)
+        if r.reason is not None:
+            r.homography = None
+    return r
+
+
+def align_all(photos: list[SetPhoto], target: Frame, cfg: AlignConfig) -> dict[int, Alignment]:
+    """Every photo aligned to `target` by align_photo."""
+    return {i: align_photo(p, target, cfg) for i, p in enumerate(photos)}
+
+
+def _accepted(results: dict[int, Alignment]) -> list[int]:
+    return [i for i, r in results.items() if r.ok]
+
+
+def _rank(results: dict[int, Alignment]) -> tuple[int, float]:
+    """How well a median explains the set: photos accepted, then their summed agreement."""
+    ok = [r for r in results.values() if r.ok]
+    return len(ok), float(sum(r.score for r in ok))
+
+
+def choose_seed(photos: list[SetPhoto], seeds: list[Seed], cfg: AlignConfig) -> tuple[Seed, dict[int, Alignment]] | None:
+    """The seed whose median the most photos align to (features and checks only, no ECC: this only
+    chooses), with those alignments; None when no seed explains more than its own members."""
+    quick = replace(cfg, ecc=False)
+    best = None
+    for seed in seeds:
+        first = photos[seed.members[0]]
+        maps = dict(zip(seed.members, seed.to_first, strict=True))
+        target, _ = median_frame(median_view(photos, maps, first.frame.work_size), quick)
+        results = align_all(photos, target, quick)
+        if best is None or _rank(results) > _rank(best[1]):
+            best = (seed, results)
+        if len(_accepted(results)) == len(photos):
+            break  # every photo explained: no other seed can do better
+    # A world that explains fewer than half of the photos is not the cover (which is in all of
+    # them) but something a few photos share: alike occluders (measured: a set whose cover gave
+    # no right pair model at all still had three photos with the same kind of occluder).
+    return best if best is not None and len(_accepted(best[1])) >= max(2, (len(photos) + 1) // 2) else None
+
+
+def _to_work_map(res: Alignment, photo: SetPhoto) -> np.ndarray:
+    """photo work px -> median px from an alignment (photo full px -> median px)."""
+    return res.homography @ np.linalg.inv(photo.frame.to_work)
+
+
+def refine(photos: list[SetPhoto], frame_photo: int, results: dict[int, Alignment], first: np.ndarray,
+           cfg: AlignConfig, rounds: int = ROUNDS) -> tuple[dict[int, Alignment], np.ndarray, str]:
+    """Realign every photo against the median of the other accepted ones, in photo `frame_photo`'s
+    work frame, `rounds` times. results: alignments onto a previous median whose px map to the frame
+    photo's work px by `first` (3x3). Returns (final alignments, the median of all accepted photos,
+    what region the checks used).
+
+    Leave one out: a median that holds a photo's own pixels pulls its ECC towards where it was put
+    last time (its own noise and texture match themselves exactly). Measured: with the photo in
+    its median, a set stayed ~2 px off its true frame round after round."""
+    size = photos[frame_photo].frame.work_size
+    median, region = None, ""
+    for _ in range(rounds):
+        maps = {i: first @ _to_work_map(r, photos[i]) for i, r in results.items() if r.ok}
+        stack = warped_stack(photos, maps, size)
+        median = stack_median(stack)
+        whole, region = median_frame(median, cfg)
+        results, first = {}, np.eye(3)
+        for i in range(len(photos)):
+            if i in maps and len(maps) >= 3:
+                others = stack[[n for n, j in enumerate(maps) if j != i]]
+                target, _ = median_frame(stack_median(others), cfg, like=whole)
+            else:
+                target = whole
+            results[i] = align_photo(photos[i], target, cfg)
+    return results, median, region
+
+
+def align_set(photos: list[SetPhoto], anchor: int = 0, cfg: AlignConfig = DEFAULT_CONFIG,
+              guard: dict | None = None) -> SetResult:
+    """Align every photo of a set onto photo `anchor` by consensus (see the module's docstring).
+    When the anchor itself does not align to the others, the output is in the frame of the photo
+    that aligns best (SetResult.anchor says which).
+
+    guard: screen_fixed_problem's thresholds for the pair models; default_guard of the work size."""
+    n = len(photos)
+    if not 0 <= anchor < n:
+        raise ValueError(f"anchor {anchor}: there are {n} photos")
+    size = photos[anchor].frame.work_size
+    models = all_pair_models(photos, cfg, default_guard(size) if guard is None else guard)
+    seeds = distinct(loop_seeds(models, size, n), MAX_SEEDS) + distinct(pair_seeds(models), 2) + \
+        [Seed([anchor], [np.eye(3)], 0)]
+    chosen = choose_seed(photos, seeds, cfg)
+    if chosen is None:
+        return _anchor_only(anchor, n, "no alignment explains half of the photos (too few consistent feature "
+                                       "matches on the cover)")
+    seed, results = chosen
+    how = _seed_words(seed, len(_accepted(results)), n)
+    # Refine in the anchor's frame when the anchor is among the photos the seed's median explains.
+    frame_photo = _best(results, anchor)
+    to_frame = photos[frame_photo].frame.to_work @ np.linalg.inv(results[frame_photo].homography)
+    results, median, region = refine(photos, frame_photo, results, to_frame, cfg)
+    if not _accepted(results):
+        return _anchor_only(anchor, n, "no photo aligns to the median of the others")
+    final = _best(results, anchor)
+    res = SetResult(final, median=median if final == frame_photo else None,
+                    how=f"{how}, refined against the median of the others (checks over its {region})")
+    to_anchor = np.linalg.inv(results[final].homography)  # median px -> output anchor full px
+    for i, r in results.items():
+        if r.ok:
+            h = to_anchor @ r.homography
+            res.homographies[i], res.alignments[i] = h / h[2, 2], r
+        else:
+            res.rejected[i] = r.reason
+    return res
+
+
+def _best(results: dict[int, Alignment], anchor: int) -> int:
+    """The anchor if it is accepted, else the accepted photo that agrees best."""
+    return anchor if results[anchor].ok else max(_accepted(results), key=lambda i: results[i].score)
+
+
+def _seed_words(seed: Seed, agreeing: int, n: int) -> str:
+    """What the chosen seed was, for the console."""
+    members = ", ".join(map(str, seed.members))
+    what = {3: f"seeded by photos {members}, which agree around a loop", 2: f"seeded by photos {members}"}
+    return what.get(len(seed.members), "seeded by the anchor photo") + f" ({agreeing} of {n} photos agree with it)"
+
+
+def _anchor_only(anchor: int, n: int, why: str) -> SetResult:
+    """The set failing closed: only the anchor is kept, every other photo says why."""
+    res = SetResult(anchor, homographies={anchor: np.eye(3)}, how=f"no consensus: {why}; only the anchor photo is kept")
+    res.rejected = {i: f"not aligned: {why}" for i in range(n) if i != anchor}
+    return res

@@ -1,0 +1,68 @@
+"""Set alignment without a reference (generator/align_set.py, `drs-restore --align`): the screen-fixed
+guard (generator/pair_models.py), and consensus alignment of semi-real handheld photos of a weakly textured cover."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from skimage import data as skdata
+
+from generator.align import AlignConfig, project
+from generator.pair_models import SetPhoto, default_guard, pair_models, screen_fixed_problem
+
+SIZE = (320, 240)
+
+
+# ---------------------------------------------------------------------------------- the guard
+def _blob(centre, n=30, radius=12.0, seed=0):
+    rng = np.random.default_rng(seed)
+    return (np.asarray(centre) + rng.uniform(-radius, radius, (n, 2))).astype(np.float32)
+
+
+def test_guard_rejects_a_near_identity_model_on_one_blob_and_outside_the_object():
+    h = np.array([[1, 0, 0.4], [0, 1, -0.3], [0, 0, 1.0]])  # a sticker on the lens: it stays put
+    blob = _blob((60, 50))
+    why = screen_fixed_problem(h, blob, project(h, blob), SIZE, still_px=2.0, blob=0.05)
+    assert why is not None and "one blob" in why, why
+    # Spread over the frame, but outside the cover's outline: a frame-fixed overlay.
+    spread = np.array([[x, y] for x in (10, 40, 280, 310) for y in (10, 120, 230)], np.float32)
+    cover = np.array([[100, 60], [220, 60], [220, 180], [100, 180]], np.float64)
+    why = screen_fixed_problem(h, spread, project(h, spread), SIZE, region=cover, still_px=2.0, blob=0.05)
+    assert why is not None and "outside the object" in why, why
+
+
+def test_guard_keeps_models_that_move_or_spread_over_the_object():
+    still = np.array([[1, 0, 0.4], [0, 1, -0.3], [0, 0, 1.0]])
+    inside = np.array([[x, y] for x in (110, 160, 210) for y in (70, 120, 170)], np.float32)
+    cover = np.array([[100, 60], [220, 60], [220, 180], [100, 180]], np.float64)
+    # A tripod set: near the identity, but the inliers are the cover's own.
+    assert screen_fixed_problem(still, inside, project(still, inside), SIZE, region=cover, still_px=2.0,
+                                blob=0.05) is None
+    # One blob that moved: not screen-fixed (whether it is the cover is the consensus's question).
+    moved = np.array([[1, 0, 25.0], [0, 1, 10.0], [0, 0, 1.0]])
+    blob = _blob((60, 50))
+    assert screen_fixed_problem(moved, blob, project(moved, blob), SIZE, still_px=2.0, blob=0.05) is None
+
+
+def _with_sticker(picture: np.ndarray, sticker: np.ndarray, at: tuple[int, int]) -> np.ndarray:
+    img = cv2.resize(picture, SIZE, interpolation=cv2.INTER_AREA).copy()
+    x, y = at
+    img[y:y + sticker.shape[0], x:x + sticker.shape[1]] = sticker
+    return img
+
+
+def test_pair_models_drop_a_screen_fixed_sticker():
+    """Two photos of different, smooth scenes that share a textured sticker at the same pixels
+    (a lens sticker, a date stamp): the only consistent matches are the sticker's, at the identity.
+    With the guard no model is returned; without it the sticker gives one (so the test can fail)."""
+    brick = skdata.brick()[:56, :56]
+    sticker = np.repeat(brick[..., None], 3, axis=2)
+    smooth = [cv2.GaussianBlur(skdata.coffee(), (0, 0), 12), cv2.GaussianBlur(skdata.chelsea(), (0, 0), 12)]
+    photos = [SetPhoto.load(_with_sticker(p, sticker, (40, 30))) for p in smooth]
+    cfg = AlignConfig()
+    unguarded = pair_models(photos, 0, 1, cfg, {})
+    assert unguarded and unguarded[0].inliers >= 8
+    m = unguarded[0]  # the screen-fixed model: its inliers stay put, on the sticker
+    assert np.linalg.norm(project(m.h, m.src.astype(np.float64)) - m.src, axis=1).max() < 1.5
+    assert (m.dst.min(axis=0) >= (38, 28)).all() and (m.dst.max(axis=0) <= (98, 88)).all()
+    assert pair_models(photos, 0, 1, cfg, default_guard(photos[0].frame.work_size)) == []
