@@ -464,3 +464,160 @@ def test_overlap_of_a_region_smaller_than_two_square_pixels():
     region = np.array([[10, 10], [11.2, 10], [11.2, 11.2], [10, 11.2]], np.float64)  # 1.44 px^2
     _, checks = homography_problem(np.eye(3), SIZE, SIZE, AlignConfig(), region)
     assert checks["overlap"] == pytest.approx(1.0, rel=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# preparation: grey, work copy, noise, normalisation, features, the coarse copy
+
+
+def test_a_float32_grey_image_is_used_as_is():
+    """No copy of a photo that is already float32 grey (a 24-MP photo is 100 MB)."""
+    from generator.align import to_grey
+
+    g = _plane(64)
+    assert np.shares_memory(to_grey(g), g)
+
+
+def test_work_copy_of_a_colour_image_and_of_a_very_wide_one():
+    from generator.align import work_copy
+
+    rgb = np.random.default_rng(7).random((40, 80, 3)).astype(np.float32)
+    small, to_work = work_copy(rgb, 20)
+    assert small.shape == (10, 20, 3)
+    # Area filter: each work pixel is the mean of a 4 x 4 block (not a bilinear sample of it).
+    np.testing.assert_allclose(small, rgb.reshape(10, 4, 20, 4, 3).mean(axis=(1, 3)), atol=1e-6)
+    wide, to_work = work_copy(np.zeros((2, 300), np.float32), 100)  # 2 px tall: at least 1 px after
+    assert wide.shape == (1, 100)
+
+
+def test_noise_sigma_is_the_median_response_inside_a_one_pixel_border():
+    """Immerkaer's operator, 3 x 3, where it fits (not on the outer ring of pixels): 1.4826 x the median
+    absolute response / 6. A 12-px image, so that every row and column of responses counts."""
+    from generator.align import noise_sigma
+
+    rng = np.random.default_rng(8)
+    g = rng.random((12, 12)).astype(np.float32)
+    k = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float64)
+    g64 = g.astype(np.float64)
+    resp = np.abs(sum(k[i, j] * g64[i:i + 10, j:j + 10] for i in range(3) for j in range(3)))  # the inner 10 x 10
+    assert noise_sigma(g) == pytest.approx(1.4826 * np.median(resp) / 6, rel=1e-6)
+
+
+def test_normalise_by_its_definition():
+    """(g - mean) / sqrt(var + max(1e-6, 4 noise^2)) after a unit Gaussian blur, noise being the image's
+    noise std times 1 / (2 sqrt(pi)) (what a unit Gaussian blur leaves of white noise); texture where
+    var > (snr noise)^2 + 1e-6. snr defaults to 3. Half textured, half flat with noise, so that both the
+    floor and the threshold matter."""
+    from generator.align import noise_sigma, normalise
+
+    rng = np.random.default_rng(9)
+    grey = np.full((64, 64), 0.5, np.float32)
+    grey[:, :32] = _plane(64, seed=4)[:, :32]
+    grey += rng.normal(0, 0.02, grey.shape).astype(np.float32)
+    g = cv2.GaussianBlur(grey, (0, 0), 1.0).astype(np.float64)
+    mean = cv2.GaussianBlur(g, (0, 0), 2.0)
+    var = np.maximum(cv2.GaussianBlur(g * g, (0, 0), 2.0) - mean * mean, 0)
+    noise = noise_sigma(grey) / (2 * np.sqrt(np.pi))
+    norm, texture = normalise(grey, 2.0)
+    np.testing.assert_allclose(norm, (g - mean) / np.sqrt(var + max(1e-6, 4 * noise * noise)), atol=2e-3)
+    expected = var > (3.0 * noise) ** 2 + 1e-6
+    assert (texture != expected).mean() < 0.002 and 0.2 < texture.mean() < 0.8
+    # The snr's default is 3, and it moves the threshold.
+    assert np.array_equal(normalise(grey, 2.0, 3.0)[1], texture)
+    assert normalise(grey, 2.0, 6.0)[1].sum() < texture.sum()
+
+
+def test_features_are_sift_on_the_clahe_equalised_8_bit_image_with_root_sift_descriptors():
+    """The grey image is rounded to 8 bits (values outside [0, 1] saturate: a highlight is white, not
+    wrapped to black), equalised by CLAHE (clip 2, 8 x 8 tiles), and SIFT runs at the configured contrast
+    threshold (0.02, not OpenCV's 0.04); descriptors are RootSIFT."""
+    from generator.align import _features
+
+    g = ((_plane(128, seed=6) - 0.5) * 3.0 + 0.5).astype(np.float32)  # partly below 0 and above 1
+    g[:, :64] = 0.35 + 0.12 * (g[:, :64] - 0.5)  # a low-contrast half, where the threshold matters
+    assert (g < 0).mean() > 0.03 and (g > 1).mean() > 0.03
+    u8 = np.floor(np.clip(g.astype(np.float64) * 255 + 0.5, 0, 255)).astype(np.uint8)
+    u8 = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(u8)
+    kps, desc = cv2.SIFT_create(nfeatures=4000, contrastThreshold=0.02).detectAndCompute(u8, None)
+    pts, d = _features(g, AlignConfig())
+    assert len(kps) > 20
+    np.testing.assert_array_equal(pts, np.array([k.pt for k in kps], np.float32))
+    root = np.sqrt(desc / desc.sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(d, root, atol=1e-6)
+
+
+def test_the_coarse_copy_is_half_size_smoothed_and_normalised_at_half_the_scales():
+    """Frame.coarse: the work copy at half its long side (floor), blurred by ecc_blur / 2 and normalised
+    over ecc_sigma / 2 (both given in work px), its texture at the configured snr. 121 px: an odd side."""
+    from generator.align import normalise, work_copy
+
+    cfg = AlignConfig(ecc_blur=3.0, ecc_sigma=5.0, texture_snr=2.0, norm_sigma=1.5)
+    grey = _plane(121, seed=7)
+    frame = prepare(grey, cfg)
+    half, to_coarse = work_copy(grey, 60)
+    assert frame.coarse.shape == (60, 60) and np.array_equal(frame.to_coarse, to_coarse)
+    norm, texture = normalise(cv2.GaussianBlur(half, (0, 0), 1.5), 2.5, 2.0)
+    np.testing.assert_allclose(frame.coarse, norm, atol=1e-5)
+    assert np.array_equal(frame.coarse_texture, texture)
+    fine, fine_texture = normalise(grey, 1.5, 2.0)
+    np.testing.assert_allclose(frame.normalised, fine, atol=1e-6)
+    assert np.array_equal(frame.texture, fine_texture)
+
+
+# ----------------------------------------------------------------------------------------------
+# the cell grid and the agreeing cells
+
+
+def test_cell_correlation_does_not_depend_on_either_images_contrast():
+    """NCC per cell: scaling either normalised image by 1e-3 (a nearly flat cell) changes nothing."""
+    from generator.align import cell_correlations
+
+    anchor, photo = _rotated_scene()
+    grid = cell_correlations(anchor, photo, TRUTH, NO_ECC)
+    assert np.nanmin(grid) > 0.8
+    photo.normalised = photo.normalised * 1e-3
+    np.testing.assert_allclose(cell_correlations(anchor, photo, TRUTH, NO_ECC), grid, atol=1e-6)
+    anchor.normalised = anchor.normalised * 1e-3
+    np.testing.assert_allclose(cell_correlations(anchor, photo, TRUTH, NO_ECC), grid, atol=1e-6)
+
+
+def test_a_cell_is_judged_from_a_quarter_of_its_pixels():
+    from generator.align import _cell_grid
+
+    anchor, _ = _rotated_scene()
+    mask = np.zeros(anchor.grey.shape, bool)
+    mask[:16, :16] = True  # cell (0, 0): exactly 256 of 1024 pixels
+    mask[32:47, 32:49] = True  # cell (1, 1): 255
+    grid = _cell_grid(anchor, anchor.normalised, anchor.normalised, mask, np.eye(3), NO_ECC)
+    assert np.isfinite(grid[0, 0]) and np.isnan(grid[1, 1])
+    assert np.isnan(grid).sum() == grid.size - 1
+
+
+def test_cells_default_to_the_objects_region():
+    from generator.align import cell_correlations
+
+    anchor, photo = _object_scene()
+    grid = cell_correlations(anchor, photo, CROP, NO_ECC)
+    inside = np.zeros(anchor.grey.shape, bool)
+    inside[155:245, 155:245] = True  # the inner 90 % of the region
+    np.testing.assert_array_equal(grid, cell_correlations(anchor, photo, CROP, NO_ECC, in_region=True))
+    whole = cell_correlations(anchor, photo, CROP, NO_ECC, in_region=False)
+    assert np.isfinite(whole).sum() > np.isfinite(grid).sum() > 0
+    # In the region, the cells judged are those with a quarter of their pixels inside it.
+    quarter = inside[:384, :384].reshape(12, 32, 12, 32).sum(axis=(1, 3)) >= 256
+    assert np.array_equal(np.isfinite(grid), quarter & np.isfinite(whole))
+    set_region(anchor, None)
+    np.testing.assert_array_equal(cell_correlations(anchor, photo, CROP, NO_ECC), whole)
+
+
+def test_agreeing_cells_threshold_is_strict():
+    """A cell agrees when its NCC is above max(0.2, half the 90th percentile): exactly 0.2 is not."""
+    from generator.align import _agreeing_cells
+
+    anchor, _ = _rotated_scene()  # 240 px: 7 x 7 cells of 32
+    grid = np.full((7, 7), 0.1)
+    grid[0, :4] = 0.3
+    grid[1, :4] = 0.2
+    grid[2, 0] = np.nan
+    mask = _agreeing_cells(anchor, grid, NO_ECC)
+    assert mask.sum() == 4 * 32 * 32 and mask[:32, :128].all()
