@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from generator.align import AlignConfig, Frame, align, homography_problem, prepare, project, set_region
+from generator.align import AlignConfig, Alignment, Frame, align, homography_problem, prepare, project, set_region
 
 NO_ECC = AlignConfig(ecc=False)
 
@@ -621,3 +621,193 @@ def test_agreeing_cells_threshold_is_strict():
     grid[2, 0] = np.nan
     mask = _agreeing_cells(anchor, grid, NO_ECC)
     assert mask.sum() == 4 * 32 * 32 and mask[:32, :128].all()
+
+
+# ----------------------------------------------------------------------------------------------
+# ECC: which result is kept, and why
+
+
+def _ecc_pair(off: float = 1.5, blur: tuple[int, float] | None = None, shift_only: bool = False,
+              noise: float = 0.0):
+    """(anchor, photo, truth, h_work, src, dst), 176 px (5 whole 32-px cells and a 16-px band that no cell
+    judges): the photo is the anchor turned by 2 degrees and shifted (truth: photo px -> anchor px),
+    optionally blurred by a line of blur = (length px, angle deg) and with sensor noise of std `noise`
+    (shift_only: moved by whole pixels, not resampled); h_work, the feature estimate, is `off` px to the
+    right of the truth; src / dst: 36 inliers on a grid, dst where the truth maps them."""
+    from generator.align import _line_kernel
+    from tests.captures import object_image
+
+    size = 176
+    img = object_image("astronaut", size)
+    c = np.array([[1, 0, -size / 2], [0, 1, -size / 2], [0, 0, 1.0]])
+    a = np.deg2rad(2.0)
+    rot = np.array([[np.cos(a), -np.sin(a), 2.3], [np.sin(a), np.cos(a), -1.7], [0, 0, 1.0]])
+    truth = np.array([[1, 0, 3], [0, 1, -2], [0, 0, 1.0]]) if shift_only else np.linalg.inv(c) @ rot @ c
+    photo_img = _view(img, truth, (size, size))
+    if noise:
+        photo_img = np.clip(photo_img + np.random.default_rng(12).normal(0, 255 * noise, photo_img.shape), 0, 255)
+        photo_img = photo_img.astype(np.uint8)
+    if blur is not None:
+        photo_img = cv2.filter2D(photo_img, -1, _line_kernel(*blur))
+    anchor, photo = prepare(img), prepare(photo_img)
+    h_work = np.array([[1, 0, off], [0, 1, 0], [0, 0, 1.0]]) @ truth
+    g = np.linspace(30, size - 30, 6)
+    src = np.array([[x, y] for x in g for y in g], np.float64)
+    return anchor, photo, truth, h_work, src, project(truth, src)
+
+
+def _refine_with(anchor, photo, h_work, src, dst, cfg: AlignConfig = AlignConfig(), agreement_=None):
+    """_refine as align calls it: the feature estimate's reprojection error and agreement recorded first
+    (agreement_: a given agreement instead)."""
+    from generator.align import _refine, agreement
+
+    res = Alignment(None)
+    res.checks["reprojection_px"] = float(np.sqrt(np.mean(np.sum((project(h_work, src) - dst) ** 2, axis=1))))
+    res.agreement, res.checks["cells"] = agreement(anchor, photo, h_work, cfg)
+    if agreement_ is not None:
+        res.agreement = agreement_
+    refined, h = _refine(anchor, photo, h_work, src, dst, res, cfg)
+    return res, refined, h
+
+
+class _EccCalls:
+    """Records each cv2.findTransformECC call (input image, mask as bool, correlation): a spy only."""
+
+    def __init__(self, monkeypatch):
+        self.calls = []
+        real = cv2.findTransformECC
+
+        def spy(template, image, warp, motion, criteria, mask, gauss):
+            cc, out = real(template, image, warp, motion, criteria, mask, gauss)
+            self.calls.append((image, mask.astype(bool), cc))
+            return cc, out
+
+        monkeypatch.setattr(cv2, "findTransformECC", spy)
+
+
+def test_a_blurred_photo_is_matched_against_the_anchor_blurred_the_same_way(monkeypatch):
+    """A 9-px motion blur: the coarse step works, the fine step against the sharp anchor correlates too
+    little, so the anchor is blurred by the line that makes it look most like the photo (9 px) and the
+    fine step runs against that, normalised as the anchor was, in the agreeing cells only."""
+    from generator.align import _line_kernel, normalise
+
+    anchor, photo, truth, h_work, src, dst = _ecc_pair(blur=(9, 30.0))
+    spy = _EccCalls(monkeypatch)
+    res, refined, h = _refine_with(anchor, photo, h_work, src, dst)
+    assert refined == "ecc" and _error(h, truth, 176) < 0.25 < 1.4 < _error(h_work, truth, 176)
+    assert res.checks["ecc_fine"] == 2.0 and res.checks["blur_px"] == 9.0 and len(spy.calls) == 3
+    image, mask, cc = spy.calls[2]
+    assert res.ecc == cc == res.checks["ecc_fine_cc"] and cc >= 0.8 * res.checks["ecc_coarse"]
+    assert mask.any() and not mask[160:, :].any() and not mask[:, 160:].any()  # the agreeing cells
+    # The anchor blurred by a 9-px line at one of the angles tried (every 7.5 degrees), normalised as
+    # the anchor is (norm_sigma 2): not the sharp anchor, not another normalisation.
+    assert image is not anchor.normalised
+    best = min(np.abs(normalise(cv2.filter2D(anchor.grey, -1, _line_kernel(9, ang)), 2.0)[0] - image).max()
+               for ang in np.arange(24) * 7.5)
+    assert best < 1e-5
+
+
+def test_without_shared_fine_detail_or_a_blur_the_coarse_result_is_kept():
+    """The fine step must correlate at least ecc_fine_ratio x the coarse step: asked for 1.5 x, it never
+    does; the photo is sharp (moved by whole pixels), so no blur looks more like it: the coarse result
+    stands (ecc_fine 0, blur_px 0)."""
+    anchor, photo, truth, h_work, src, dst = _ecc_pair(shift_only=True)
+    res, refined, h = _refine_with(anchor, photo, h_work, src, dst, AlignConfig(ecc_fine_ratio=1.5))
+    assert refined == "ecc" and res.checks["ecc_fine"] == 0.0 and res.checks["blur_px"] == 0.0
+    assert res.ecc == res.checks["ecc_coarse"] and _error(h, truth, 176) < 1.0
+
+
+def test_when_the_coarse_step_fails_the_fine_step_runs_from_the_features():
+    """No coarse texture: the coarse ECC fails, and the fine one runs from the feature estimate (0.3 px
+    off), against the sharp anchor (no blur found in a photo moved by whole pixels): ecc_fine 2."""
+    anchor, photo, truth, h_work, src, dst = _ecc_pair(off=0.3, shift_only=True)
+    anchor.coarse_texture = np.zeros(anchor.coarse.shape, bool)
+    res, refined, h = _refine_with(anchor, photo, h_work, src, dst)
+    assert refined == "ecc" and "ecc_coarse" not in res.checks
+    assert res.checks["ecc_fine"] == 2.0 and res.checks["blur_px"] == 0.0 and _error(h, truth, 176) < 0.1
+
+
+def test_fine_step_shift_is_measured_at_the_objects_corners_and_both_limits_are_inclusive():
+    """ecc_fine_shift: how far the fine result moves the object's corners (its region, else the image's)
+    from where the coarse result puts them; a fine result correlating ecc_fine_ratio x the coarse one
+    and moving exactly ecc_fine_shift is kept."""
+    from generator.align import _fine_ecc
+
+    anchor, photo, truth, h_work, src, dst = _ecc_pair()
+    quad = np.array([[30, 40], [140, 30], [150, 150], [35, 140]], np.float64)
+    set_region(anchor, quad)
+    res = Alignment(None)
+    fine = _fine_ecc(anchor, anchor.normalised, photo, h_work, None, res, AlignConfig())
+    assert fine is not None and res.ecc == res.checks["ecc_fine_cc"]
+    moved = np.linalg.norm(project(fine, project(np.linalg.inv(h_work), quad)) - quad, axis=1).max()
+    assert res.checks["ecc_fine_shift"] == pytest.approx(moved, rel=1e-9)
+    corners = np.array([[0, 0], [175, 0], [175, 175], [0, 175]], np.float64)
+    assert abs(np.linalg.norm(project(fine, project(np.linalg.inv(h_work), corners)) - corners, axis=1).max()
+               - moved) > 1e-3
+    cc, shift = res.checks["ecc_fine_cc"], res.checks["ecc_fine_shift"]
+    # The same step against a coarse correlation it must match exactly, and moving exactly the limit.
+    res = Alignment(None, ecc=cc)
+    assert _fine_ecc(anchor, anchor.normalised, photo, h_work, None, res,
+                     AlignConfig(ecc_fine_ratio=1.0, ecc_fine_shift=shift)) is not None
+    # Against a coarse correlation it cannot reach (however little it moves): not kept.
+    res = Alignment(None, ecc=cc / 0.7)
+    assert _fine_ecc(anchor, anchor.normalised, photo, h_work, None, res, AlignConfig()) is None
+    assert res.ecc == cc / 0.7
+
+
+def test_ecc_that_leaves_the_plausible_range_is_not_kept():
+    """The feature estimate (1.5 px left) covers slightly more of the anchor than the truth ECC finds:
+    with min_overlap between the two, ECC's homography is the implausible one."""
+    anchor, photo, truth, h_work, src, dst = _ecc_pair(off=-1.5)
+    o_feat = homography_problem(h_work, photo.work_size, anchor.work_size, AlignConfig())[1]["overlap"]
+    o_true = homography_problem(truth, photo.work_size, anchor.work_size, AlignConfig())[1]["overlap"]
+    assert o_feat > o_true + 0.002
+    res, refined, h = _refine_with(anchor, photo, h_work, src, dst, AlignConfig(min_overlap=(o_feat + o_true) / 2))
+    assert refined == "kept features: ECC's homography is implausible" and h is h_work
+
+
+def test_ecc_that_misfits_the_inliers_says_by_how_much():
+    """Inliers that agree with the feature estimate (0.2 px off it), not with the image: ECC, which
+    follows the image 1.5 px away, misfits them by more than max_ecc_disagreement."""
+    anchor, photo, truth, h_work, src, _ = _ecc_pair()
+    rng = np.random.default_rng(10)
+    ang = rng.uniform(0, 2 * np.pi, len(src))
+    dst = project(h_work, src) + 0.2 * np.c_[np.cos(ang), np.sin(ang)]
+    res, refined, h = _refine_with(anchor, photo, h_work, src, dst)
+    assert res.checks["reprojection_px"] == pytest.approx(0.2, rel=1e-6)
+    rep = res.checks["ecc_reprojection_px"]
+    assert rep > 1.2
+    assert refined == f"kept features: ECC misfits the inliers ({rep:.2f} px RMS against 0.20)" and h is h_work
+
+
+def test_ecc_that_agrees_less_than_the_features_is_not_kept():
+    """A noisy photo: ECC's agreement s is well below 1. Had the feature estimate agreed 0.03 more, ECC's
+    result would be dropped (it must not agree more than 0.02 less); exactly 0.02 more is allowed."""
+    anchor, photo, truth, h_work, src, dst = _ecc_pair(noise=0.25)
+    res, refined, h = _refine_with(anchor, photo, h_work, src, dst)
+    assert refined == "ecc"
+    s = res.agreement
+    assert 0.3 < s < 0.95
+    res, refined, h = _refine_with(anchor, photo, h_work, src, dst, agreement_=s + 0.03)
+    assert refined == f"kept features: ECC agrees less ({s} < {s + 0.03:.3f})" and h is h_work
+    assert res.agreement == s + 0.03
+    edge = s + 0.02
+    assert edge - 0.02 == s
+    res, refined, h = _refine_with(anchor, photo, h_work, src, dst, agreement_=edge)
+    assert refined == "ecc" and res.agreement == s
+
+
+def test_ecc_on_a_small_photo_of_the_object_is_judged_against_the_object():
+    """The photo covers 9 % of the anchor but all of the object: ECC's result is plausible (judged
+    against the object's region) and kept."""
+    img = _plane(400, seed=3)
+    cfg = AlignConfig()
+    anchor = set_region(prepare(img, cfg), REGION)
+    photo = prepare(_view(img, CROP, (120, 120)), cfg)
+    a_pts, p_pts = _matches(CROP, _grid(160, 240, 5))
+    rng = np.random.default_rng(11)
+    ang = rng.uniform(0, 2 * np.pi, len(p_pts))
+    _set_features(anchor, photo, [(a_pts, p_pts + 0.7 * np.c_[np.cos(ang), np.sin(ang)])])
+    res = align(anchor, photo, cfg)
+    assert res.ok and res.refined == "ecc", res.refined
+    assert _error(res.homography, CROP, 120) < 0.1
