@@ -811,3 +811,98 @@ def test_ecc_on_a_small_photo_of_the_object_is_judged_against_the_object():
     res = align(anchor, photo, cfg)
     assert res.ok and res.refined == "ecc", res.refined
     assert _error(res.homography, CROP, 120) < 0.1
+
+
+# ----------------------------------------------------------------------------------------------
+# few inliers and an ECC that runs far from them; the last checks; full-resolution output
+
+
+def _blobs(size: int = 240) -> np.ndarray:
+    """float32 (size, size): a few broad soft blobs, no fine texture: ECC's pull reaches tens of px."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    img = np.full((size, size), 0.5, np.float32)
+    for _ in range(6):
+        cx, cy = rng.uniform(40, 200, 2)
+        s, a = rng.uniform(15, 25), rng.uniform(-0.3, 0.3)
+        img += a * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * s * s))
+    return np.clip(img, 0, 1).astype(np.float32)
+
+
+@pytest.mark.parametrize("n_inliers, shift, refused", [(11, 33.0, True), (11, 10.0, False), (30, 33.0, False)])
+def test_few_inliers_and_an_ecc_that_runs_far_from_them_are_refused(n_inliers, shift, refused):
+    """The photo is the anchor itself, but the features say it moved `shift` px. ECC (one scale: frames
+    prepared without the coarse copies), pulled by broad blobs, runs back to the truth: the feature
+    estimate is kept (ECC moved too far). With fewer than 3 x min_inliers inliers and ECC more than
+    5 x max_ecc_shift (30 px) away, the features most likely matched by chance: refused. 30 inliers,
+    or 10 px, are not refused."""
+    img = _blobs()
+    prep = AlignConfig(ecc=False, norm_sigma=8.0)
+    anchor, photo = prepare(img, prep), prepare(img, prep)
+    assert anchor.coarse is None
+    feat = np.array([[1, 0, shift], [0, 1, 0], [0, 0, 1.0]])
+    pts = _grid(60, 180, 4 if n_inliers <= 16 else 6)[:n_inliers]
+    _set_features(anchor, photo, [_matches(feat, pts)])
+    res = align(anchor, photo, AlignConfig(norm_sigma=8.0))
+    assert res.inliers == n_inliers and res.refined.startswith("kept features: ECC moved the inliers")
+    assert res.ecc_shift == pytest.approx(shift, abs=0.5)
+    if refused:
+        assert res.reason == (f"few inliers ({n_inliers}) and ECC ran {res.ecc_shift:.0f} px away from them: no "
+                              "trustworthy alignment (--min-inliers, --max-ecc-shift)") and res.homography is None
+    else:
+        assert res.ok and _error(res.homography, feat, 240) < 0.01
+
+
+def test_the_agreement_limit_is_inclusive():
+    anchor, photo = _rotated_scene()
+    _set_features(anchor, photo, [_matches(TRUTH, _grid(40, 200, 5))])
+    res = align(anchor, photo, NO_ECC)
+    assert res.ok and 0.3 < res.agreement < 1
+    assert align(anchor, photo, AlignConfig(ecc=False, min_agreement=res.agreement)).ok
+    res2 = align(anchor, photo, AlignConfig(ecc=False, min_agreement=min(1.0, res.agreement + 1e-6)))
+    assert res2.reason == (f"poor photometric agreement where the object has texture ({res.agreement:.2f} < "
+                           f"{min(1.0, res.agreement + 1e-6)}; another object, or mostly hidden? --min-agreement)")
+
+
+def test_the_spread_is_of_the_objects_own_area_however_small():
+    """A region of 1.44 px^2: the spread is the inliers' hull over that area (the floor of 1 px^2 is only
+    against dividing by zero)."""
+    anchor, photo = _object_scene()
+    good = _matches(CROP, _grid(160, 240, 5))
+    _set_features(anchor, photo, [good])
+    set_region(anchor, np.array([[200, 200], [201.2, 200], [201.2, 201.2], [200, 201.2]]))
+    res = align(anchor, photo, AlignConfig(ecc=False, min_spread=0.0))
+    assert res.checks["spread"] == pytest.approx(_hull_area(good[0]) / float(cv2.contourArea(anchor.region)),
+                                                 rel=1e-6)
+    assert cv2.contourArea(anchor.region) == pytest.approx(1.44, rel=1e-4)
+
+
+def test_the_homography_is_returned_in_full_resolution_pixels_normalised():
+    """Photos larger than the work size: matched at half size, the homography returned maps full-size
+    photo px to full-size anchor px (pixel centres at integers), with h[2, 2] = 1 even under perspective."""
+    from generator.warp import scale_matrix
+
+    full = cv2.resize(_plane(240, seed=5), (480, 480), interpolation=cv2.INTER_LINEAR)
+    truth = np.array([[1.02, 0.03, 6.0], [-0.02, 0.99, -4.0], [4e-5, -3e-5, 1.0]])  # full px
+    cfg = AlignConfig(ecc=False, work_size=240)
+    anchor, photo = prepare(full, cfg), prepare(_view(full, truth, (480, 480)), cfg)
+    s = scale_matrix(0.5, 0.5)
+    assert np.allclose(anchor.to_work, s) and np.allclose(photo.to_work, s)
+    truth_work = s @ truth @ np.linalg.inv(s)
+    _set_features(anchor, photo, [_matches(truth_work, _grid(30, 210, 5))])
+    res = align(anchor, photo, cfg)
+    assert res.ok, res.reason
+    assert res.homography[2, 2] == 1.0 and _error(res.homography, truth, 480) < 0.02
+
+
+def test_a_two_pixel_cell_with_one_pixel_judged_has_no_correlation():
+    """cell = 2: a quarter of a cell is 1 px, so a cell is judged from a single pixel, whose deviation
+    from its own mean is 0: correlation 0 (not +-1)."""
+    from generator.align import _cell_grid
+
+    anchor, _ = _rotated_scene()
+    mask = np.zeros(anchor.grey.shape, bool)
+    mask[::2, ::2] = True  # one pixel of every 2 x 2 cell
+    cfg = AlignConfig(ecc=False, cell=2)
+    grid = _cell_grid(anchor, anchor.normalised, anchor.normalised, mask, np.eye(3), cfg)
+    assert grid.shape == (120, 120) and np.all(grid == 0)
