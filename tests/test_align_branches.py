@@ -547,21 +547,26 @@ def test_features_are_sift_on_the_clahe_equalised_8_bit_image_with_root_sift_des
 
 
 def test_the_coarse_copy_is_half_size_smoothed_and_normalised_at_half_the_scales():
-    """Frame.coarse: the work copy at half its long side (floor), blurred by ecc_blur / 2 and normalised
-    over ecc_sigma / 2 (both given in work px), its texture at the configured snr. 121 px: an odd side."""
+    """Frame.coarse: the work copy at half its long side (floor: 123 -> 61), blurred by ecc_blur / 2 and
+    normalised over ecc_sigma / 2 (both given in work px), its texture at the configured snr, as is the
+    fine copy's. Half the image is texture fading to nothing, with noise: the snr decides where it ends."""
     from generator.align import normalise, work_copy
 
     cfg = AlignConfig(ecc_blur=3.0, ecc_sigma=5.0, texture_snr=2.0, norm_sigma=1.5)
-    grey = _plane(121, seed=7)
+    grey = _plane(123, seed=7)
+    grey[:, 60:] = 0.5 + (grey[:, 60:] - 0.5) * np.linspace(0.3, 0, 63)[None, :]
+    grey = (grey + np.random.default_rng(13).normal(0, 0.01, grey.shape)).astype(np.float32)
     frame = prepare(grey, cfg)
-    half, to_coarse = work_copy(grey, 60)
-    assert frame.coarse.shape == (60, 60) and np.array_equal(frame.to_coarse, to_coarse)
+    half, to_coarse = work_copy(grey, 61)
+    assert frame.coarse.shape == (61, 61) and np.array_equal(frame.to_coarse, to_coarse)
     norm, texture = normalise(cv2.GaussianBlur(half, (0, 0), 1.5), 2.5, 2.0)
     np.testing.assert_allclose(frame.coarse, norm, atol=1e-5)
     assert np.array_equal(frame.coarse_texture, texture)
+    assert not np.array_equal(texture, normalise(cv2.GaussianBlur(half, (0, 0), 1.5), 2.5)[1])
     fine, fine_texture = normalise(grey, 1.5, 2.0)
     np.testing.assert_allclose(frame.normalised, fine, atol=1e-6)
     assert np.array_equal(frame.texture, fine_texture)
+    assert not np.array_equal(fine_texture, normalise(grey, 1.5)[1])
 
 
 # ----------------------------------------------------------------------------------------------
