@@ -383,6 +383,7 @@ def test_the_ratio_test_is_strict():
         photo.descriptors = np.stack([q, far])
         src, dst = _match(anchor, photo, cfg)
         assert len(src) == int(kept), q
+        assert src.dtype == dst.dtype == np.float32 and src.shape == dst.shape == (int(kept), 2)  # also when empty
         if kept:
             assert src[0].tolist() == [20.0, 20.0] and dst[0].tolist() == [10.0, 10.0]
 
