@@ -912,3 +912,21 @@ def test_a_two_pixel_cell_with_one_pixel_judged_has_no_correlation():
     cfg = AlignConfig(ecc=False, cell=2)
     grid = _cell_grid(anchor, anchor.normalised, anchor.normalised, mask, np.eye(3), cfg)
     assert grid.shape == (120, 120) and np.all(grid == 0)
+
+
+def test_beyond_the_photos_edge_is_zero_not_bright():
+    """A pixel at the photo's edge, sampled between its last column and beyond it, blends in zeros (as
+    if the photo were padded with zeros), not a bright border: the cells along the edge show it."""
+    from generator.align import _cell_grid
+
+    anchor, _ = _rotated_scene()
+    p_img = np.ascontiguousarray(anchor.normalised[:, :100])
+    padded = np.zeros((240, 140), np.float32)
+    padded[:, :100] = p_img
+    h = np.array([[1, 0, -0.3], [0, 1, 0], [0, 0, 1.0]])  # anchor column 99 samples photo column 99.3
+    mask = np.zeros(anchor.grey.shape, bool)
+    mask[:, :100] = True
+    cfg = AlignConfig(ecc=False, cell=8)
+    grid = _cell_grid(anchor, anchor.normalised, p_img, mask, h, cfg)
+    assert np.isfinite(grid[:, 12]).all()  # the cells of columns 96-103, judged from 96-99
+    np.testing.assert_array_equal(grid, _cell_grid(anchor, anchor.normalised, padded, mask, h, cfg))
