@@ -9,6 +9,8 @@ from skimage import data as skdata
 
 from generator.align import AlignConfig, project
 from generator.pair_models import SetPhoto, default_guard, pair_models, screen_fixed_problem
+from tests.semireal import make_sequence, residuals
+from trainer import restore
 
 SIZE = (320, 240)
 
@@ -66,3 +68,46 @@ def test_pair_models_drop_a_screen_fixed_sticker():
     assert np.linalg.norm(project(m.h, m.src.astype(np.float64)) - m.src, axis=1).max() < 1.5
     assert (m.dst.min(axis=0) >= (38, 28)).all() and (m.dst.max(axis=0) <= (98, 88)).all()
     assert pair_models(photos, 0, 1, cfg, default_guard(photos[0].frame.work_size)) == []
+
+
+# ---------------------------------------------------------------------------------- consensus
+PHOTO = (480, 360)
+
+
+def _restore_folder(tmp_path, seed: int, photos: int, **kw):
+    """A semi-real set written as JPEGs without its reference (a user restoring has none)."""
+    cap = make_sequence(seed, photos=photos, photo_size=PHOTO, **kw)
+    cap.write(tmp_path)
+    (tmp_path / "reference.jpg").unlink()
+    return cap, sorted(tmp_path.glob("*.jpg"))  # IMG_00 .. IMG_nn, INTRUDER_00
+
+
+def test_restore_align_without_reference_keeps_a_weak_cover_and_rejects_the_intruder(tmp_path):
+    """A procedural cover (a gradient, shapes, a little text: few features of its own) on a brick
+    table, 5 handheld photos and a photo of another cover, no reference: drs-restore --align keeps
+    every genuine photo within 1 px RMS of the true homography onto the anchor, and leaves the
+    intruder out with its reason."""
+    cap, paths = _restore_folder(tmp_path, 508, 5, picture="procedural")
+    assert cap.info["picture"] == "procedural" and cap.info["table"] == "brick"
+    aligner = restore.Aligner(paths, PHOTO, anchor=0, progress=False)
+    kept = {p.name: h for p, h in zip(aligner.paths, aligner.homographies, strict=True)}
+    assert aligner.anchor_path.name == "IMG_00.jpg" and set(kept) == set(cap.photo_names), aligner.rejected
+    quad = cv2.perspectiveTransform(cap.quad[None], np.linalg.inv(cap.truth[0]))[0]  # the cover in photo 0
+    for i, name in enumerate(cap.photo_names):
+        err = residuals(kept[name], np.linalg.inv(cap.truth[0]) @ cap.truth[i], quad)
+        assert np.sqrt(np.mean(err ** 2)) < 1.0 and err.max() < 2.0, (name, err.mean(), err.max())
+    why = dict((p.name, r) for p, r in aligner.rejected)
+    assert set(why) == {"INTRUDER_00.jpg"} and why["INTRUDER_00.jpg"], why
+
+
+def test_restore_align_fails_closed_when_no_photos_agree(tmp_path):
+    """A procedural cover on a plain table at this size gives no pair of photos enough right
+    matches: the set keeps the anchor alone and says why for every other photo, instead of
+    accepting an alignment on alike occluders."""
+    cap, paths = _restore_folder(tmp_path, 504, 5, picture="procedural")
+    assert cap.info["table"] == "plain"
+    aligner = restore.Aligner(paths, PHOTO, anchor=0, progress=False)
+    assert [p.name for p in aligner.paths] == ["IMG_00.jpg"]
+    assert len(aligner.rejected) == len(paths) - 1
+    assert all("more than half of the photos" in why for _, why in aligner.rejected), aligner.rejected
+    assert aligner.how.startswith("no consensus")
