@@ -930,3 +930,42 @@ def test_beyond_the_photos_edge_is_zero_not_bright():
     grid = _cell_grid(anchor, anchor.normalised, p_img, mask, h, cfg)
     assert np.isfinite(grid[:, 12]).all()  # the cells of columns 96-103, judged from 96-99
     np.testing.assert_array_equal(grid, _cell_grid(anchor, anchor.normalised, padded, mask, h, cfg))
+
+
+def test_ecc_may_move_the_inliers_exactly_max_ecc_shift():
+    """One ECC step (no coarse copies): moving the inliers exactly max_ecc_shift is allowed."""
+    anchor, photo, truth, h_work, src, dst = _ecc_pair()
+    anchor.coarse = photo.coarse = None
+    res, refined, _ = _refine_with(anchor, photo, h_work, src, dst)
+    assert refined == "ecc" and 1.0 < res.ecc_shift < 2.0
+    res2, refined, h = _refine_with(anchor, photo, h_work, src, dst, AlignConfig(max_ecc_shift=res.ecc_shift))
+    assert refined == "ecc" and res2.ecc_shift == res.ecc_shift and _error(h, truth, 176) < 0.1
+
+
+def test_ecc_may_misfit_the_inliers_by_exactly_max_ecc_disagreement():
+    anchor, photo, truth, h_work, src, _ = _ecc_pair()
+    rng = np.random.default_rng(10)
+    ang = rng.uniform(0, 2 * np.pi, len(src))
+    dst = project(h_work, src) + 0.2 * np.c_[np.cos(ang), np.sin(ang)]
+    res, refined, _ = _refine_with(anchor, photo, h_work, src, dst)
+    rep, feat = res.checks["ecc_reprojection_px"], res.checks["reprojection_px"]
+    d = rep - feat
+    while feat + d < rep:  # the allowance that reaches rep exactly in floating point
+        d = np.nextafter(d, np.inf)
+    while feat + d > rep:
+        d = np.nextafter(d, -np.inf)
+    assert feat + d == rep
+    res, refined, h = _refine_with(anchor, photo, h_work, src, dst, AlignConfig(max_ecc_disagreement=float(d)))
+    assert refined == "ecc" and _error(h, truth, 176) < 0.1
+
+
+def test_ecc_may_run_exactly_five_times_max_ecc_shift_from_few_inliers():
+    img = _blobs()
+    prep = AlignConfig(ecc=False, norm_sigma=8.0)
+    anchor, photo = prepare(img, prep), prepare(img, prep)
+    feat = np.array([[1, 0, 33.0], [0, 1, 0], [0, 0, 1.0]])
+    _set_features(anchor, photo, [_matches(feat, _grid(60, 180, 4)[:11])])
+    shift = align(anchor, photo, AlignConfig(norm_sigma=8.0)).ecc_shift
+    assert 5 * (shift / 5) == shift
+    res = align(anchor, photo, AlignConfig(norm_sigma=8.0, max_ecc_shift=shift / 5))
+    assert res.ecc_shift == shift and res.refined.startswith("kept features: ECC moved") and res.ok
