@@ -18,7 +18,16 @@ import cv2
 import numpy as np
 import pytest
 
-from generator.align import AlignConfig, Alignment, Frame, align, homography_problem, prepare, project, set_region
+from generator.align import (
+    AlignConfig,
+    Alignment,
+    Frame,
+    align,
+    homography_problem,
+    prepare,
+    project,
+    set_region,
+)
 
 NO_ECC = AlignConfig(ecc=False)
 
@@ -662,11 +671,12 @@ def _ecc_pair(off: float = 1.5, blur: tuple[int, float] | None = None, shift_onl
     return anchor, photo, truth, h_work, src, project(truth, src)
 
 
-def _refine_with(anchor, photo, h_work, src, dst, cfg: AlignConfig = AlignConfig(), agreement_=None):
+def _refine_with(anchor, photo, h_work, src, dst, cfg: AlignConfig | None = None, agreement_=None):
     """_refine as align calls it: the feature estimate's reprojection error and agreement recorded first
     (agreement_: a given agreement instead)."""
     from generator.align import _refine, agreement
 
+    cfg = cfg or AlignConfig()
     res = Alignment(None)
     res.checks["reprojection_px"] = float(np.sqrt(np.mean(np.sum((project(h_work, src) - dst) ** 2, axis=1))))
     res.agreement, res.checks["cells"] = agreement(anchor, photo, h_work, cfg)
