@@ -979,3 +979,19 @@ def test_ecc_may_run_exactly_five_times_max_ecc_shift_from_few_inliers():
     assert 5 * (shift / 5) == shift
     res = align(anchor, photo, AlignConfig(norm_sigma=8.0, max_ecc_shift=shift / 5))
     assert res.ecc_shift == shift and res.refined.startswith("kept features: ECC moved") and res.ok
+
+
+def test_the_second_set_is_judged_against_the_whole_anchor_without_a_region():
+    """No region: the 30 matches of the strongest set put the photo 200 px to the right (it would cover
+    16 % of the anchor); the 12 others, on the truth, are taken, their overlap measured on the anchor."""
+    anchor, photo = _rotated_scene()
+    aside = np.array([[1, 0, 200], [0, 1, 0], [0, 0, 1.0]])
+    bad = (_grid(205, 235, 6)[:30], project(np.linalg.inv(aside), _grid(205, 235, 6)[:30]))
+    good = _matches(TRUTH, _grid(40, 200, 4)[:12])
+    _set_features(anchor, photo, [bad, good])
+    res = align(anchor, photo, NO_ECC)
+    assert res.ok and res.checks["second_model"] == 1.0 and res.inliers == 12
+    assert _error(res.homography, TRUTH, 240) < 0.01
+    corners = np.array([[0, 0], [239, 0], [239, 239], [0, 239]], np.float32)
+    inter, _ = cv2.intersectConvexConvex(project(TRUTH, corners.astype(np.float64)).astype(np.float32), corners)
+    assert res.checks["overlap"] == pytest.approx(inter / 239 ** 2, rel=1e-3)
