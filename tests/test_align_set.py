@@ -85,7 +85,7 @@ def _restore_folder(tmp_path, seed: int, photos: int, **kw):
 def test_restore_align_without_reference_keeps_a_weak_cover_and_rejects_the_intruder(tmp_path):
     """A procedural cover (a gradient, shapes, a little text: few features of its own) on a brick
     table, 5 handheld photos and a photo of another cover, no reference: drs-restore --align keeps
-    every genuine photo within 1 px RMS of the true homography onto the anchor, and leaves the
+    every genuine photo within 0.6 px RMS of the true homography onto the anchor, and leaves the
     intruder out with its reason."""
     cap, paths = _restore_folder(tmp_path, 508, 5, picture="procedural")
     assert cap.info["picture"] == "procedural" and cap.info["table"] == "brick"
@@ -95,7 +95,9 @@ def test_restore_align_without_reference_keeps_a_weak_cover_and_rejects_the_intr
     quad = cv2.perspectiveTransform(cap.quad[None], np.linalg.inv(cap.truth[0]))[0]  # the cover in photo 0
     for i, name in enumerate(cap.photo_names):
         err = residuals(kept[name], np.linalg.inv(cap.truth[0]) @ cap.truth[i], quad)
-        assert np.sqrt(np.mean(err ** 2)) < 1.0 and err.max() < 2.0, (name, err.mean(), err.max())
+        # Measured 0.45 px RMS and 0.89 px at worst; aligned to a median that holds the photo's own
+        # pixels (no leave-one-out) the worst photo was 0.93 and 1.85.
+        assert np.sqrt(np.mean(err ** 2)) < 0.6 and err.max() < 1.2, (name, err.mean(), err.max())
     why = dict((p.name, r) for p, r in aligner.rejected)
     assert set(why) == {"INTRUDER_00.jpg"} and why["INTRUDER_00.jpg"], why
 
@@ -111,3 +113,17 @@ def test_restore_align_fails_closed_when_no_photos_agree(tmp_path):
     assert len(aligner.rejected) == len(paths) - 1
     assert all("more than half of the photos" in why for _, why in aligner.rejected), aligner.rejected
     assert aligner.how.startswith("no consensus")
+
+
+def test_a_photo_that_agrees_far_less_than_the_set_is_dropped():
+    """Another cover on the same patterned table aligns by the table: its agreement where the cover
+    is (0.36 measured) sits far under the set's (median 0.77); genuine photos stay within 0.78 of it."""
+    from generator.align import Alignment
+    from generator.align_set import RELATIVE_AGREEMENT, _drop_outliers
+
+    results = {i: Alignment(np.eye(3), agreement=a) for i, a in enumerate((0.81, 0.77, 0.60, 0.75, 0.36))}
+    results[5] = Alignment(None, reason="too few RANSAC inliers")
+    _drop_outliers(results)
+    assert [i for i, r in results.items() if r.ok] == [0, 1, 2, 3]
+    assert results[4].homography is None and "far less than the other photos" in results[4].reason
+    assert 0.36 < RELATIVE_AGREEMENT * 0.76 < 0.60  # the measured margins on both sides

@@ -12,8 +12,10 @@ partial or stale-looking output behind.
 
 Extension point: restore_files(..., transform=f) calls f(index, image) on every image as it is
 streamed (float (3, H, W) in [0, 1]) and uses what it returns. --align plugs an Aligner in there:
-one streamed pre-pass finds each photo's homography onto the anchor photo (generator/align.py,
-the same alignment as drs-ingest), then every pass warps each photo as it streams by.
+a pre-pass finds each photo's homography onto the anchor photo, by default by consensus of the
+whole set (generator/align_set.py: no photo, the anchor included, is trusted alone), or with
+--align-mode anchor each photo against the anchor (generator/align.py, drs-ingest's alignment);
+then every pass warps each photo as it streams by.
 """
 
 from __future__ import annotations
@@ -140,7 +142,11 @@ class ImageStream:
 class Aligner:
     """--align: a Transform that warps photo i onto the anchor photo's frame, or onto the flat cover.
 
-    Built by one streamed pre-pass (one photo in memory at a time, plus the anchor): photos whose
+    mode "consensus" (default): the photos are aligned to the median of those that agree
+    (generator/align_set.py; each photo's work copy is held meanwhile); when the anchor itself does
+    not align to the others, the best-aligned photo becomes the anchor (`how` says so). mode
+    "anchor": one streamed pre-pass (one photo in memory at a time, plus the anchor) aligns each
+    photo to the anchor. Either way photos whose
     alignment cannot be trusted are dropped (listed in `rejected` as (path, reason)); `paths`
     and `homographies` (float64 (3, 3), photo px -> anchor px, at `size`) are those kept, in
     order, so index i of the restore stream is paths[i]. Anchor pixels fill what a photo does
