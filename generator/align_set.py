@@ -245,6 +245,8 @@ def align_set(photos: list[SetPhoto], anchor: int = 0, cfg: AlignConfig = DEFAUL
     n = len(photos)
     if not 0 <= anchor < n:
         raise ValueError(f"anchor {anchor}: there are {n} photos")
+    if n == 1:
+        return SetResult(anchor, homographies={anchor: np.eye(3)}, how="one photo: nothing to align")
     size = photos[anchor].frame.work_size
     models = all_pair_models(photos, cfg, default_guard(size) if guard is None else guard)
     seeds = distinct(loop_seeds(models, size, n), MAX_SEEDS) + distinct(pair_seeds(models), 2) + \
