@@ -65,7 +65,7 @@ from generator.pair_models import (
 )
 
 MAX_SEEDS = 4  # loop seeds whose medians are tried (then the 2 strongest pair models, then the anchor)
-ROUNDS = 2  # realignments against the median of the accepted photos
+ROUNDS = 2  # realignments against the median of the other accepted photos
 RELATIVE_AGREEMENT = 0.6  # of the set's median agreement, below which a photo is an outlier (_drop_outliers)
 DEFAULT_CONFIG = AlignConfig()
 
@@ -74,15 +74,15 @@ DEFAULT_CONFIG = AlignConfig()
 class SetResult:
     """anchor: the photo whose frame the homographies map into (the one asked for unless it could
     not be aligned to the others); homographies / alignments: of the kept photos (photo full px ->
-    anchor full px; the anchor's is its own alignment to the median, not the identity); rejected:
-    photo index -> reason; how: one line on what was done, for the console."""
+    anchor full px, through the median: the anchor's own is the identity; alignments are onto the
+    median); rejected: photo index -> reason; how: one line on what was done, for the console."""
 
     anchor: int
     homographies: dict[int, np.ndarray] = field(default_factory=dict)
     alignments: dict[int, Alignment] = field(default_factory=dict)
     rejected: dict[int, str] = field(default_factory=dict)
     how: str = ""
-    median: np.ndarray | None = None  # uint8 (h, w, 3), the anchor's work frame
+    median: np.ndarray | None = None  # uint8 (h, w, 3) in the anchor's work frame (None if not built there)
 
 
 # ---------------------------------------------------------------------------------- medians
@@ -159,7 +159,7 @@ def _rank(results: dict[int, Alignment]) -> tuple[int, float]:
 
 def choose_seed(photos: list[SetPhoto], seeds: list[Seed], cfg: AlignConfig) -> tuple[Seed, dict[int, Alignment]] | None:
     """The seed whose median the most photos align to (features and checks only, no ECC: this only
-    chooses), with those alignments; None when no seed explains more than its own members."""
+    chooses), with those alignments; None when none explains more than half of the photos."""
     quick = replace(cfg, ecc=False)
     best = None
     for seed in seeds:
