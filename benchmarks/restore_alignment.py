@@ -11,7 +11,7 @@ written as JPEG files WITHOUT the clean reference, as a user restoring has none.
 `--sequences` sets draw their cover (30 % procedural); `--procedural` more sets have a procedural
 cover forced (a gradient, a disc or triangle, a little text: the weakly textured case), half of
 them on a plain table. Every folder goes through drs-restore's own alignment pre-pass
-(trainer/restore.Aligner, as `drs-restore --align` builds it), so what is measured is what the
+(trainer/restore_align.Aligner, as `drs-restore --align` builds it), so what is measured is what the
 command does before the network runs. Residual error: per kept photo, the RMS over a 16x16 grid
 of points on the cover (occluded parts included) between the homography found (photo -> the
 output's anchor photo) and the true one, in anchor-photo px.
@@ -35,7 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.semireal, run from anywhere
 
 from tests.semireal import make_sequence, residuals  # noqa: E402
-from trainer.restore import Aligner  # noqa: E402
+from trainer.restore_align import Aligner  # noqa: E402
 
 
 def sets(args: argparse.Namespace) -> list[tuple[int, dict]]:

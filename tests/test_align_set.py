@@ -10,7 +10,7 @@ from skimage import data as skdata
 from generator.align import AlignConfig, project
 from generator.pair_models import SetPhoto, default_guard, pair_models, screen_fixed_problem
 from tests.semireal import make_sequence, residuals
-from trainer import restore
+from trainer.restore_align import Aligner
 
 SIZE = (320, 240)
 
@@ -89,7 +89,7 @@ def test_restore_align_without_reference_keeps_a_weak_cover_and_rejects_the_intr
     intruder out with its reason."""
     cap, paths = _restore_folder(tmp_path, 508, 5, picture="procedural")
     assert cap.info["picture"] == "procedural" and cap.info["table"] == "brick"
-    aligner = restore.Aligner(paths, PHOTO, anchor=0, progress=False)
+    aligner = Aligner(paths, PHOTO, anchor=0, progress=False)
     kept = {p.name: h for p, h in zip(aligner.paths, aligner.homographies, strict=True)}
     assert aligner.anchor_path.name == "IMG_00.jpg" and set(kept) == set(cap.photo_names), aligner.rejected
     quad = cv2.perspectiveTransform(cap.quad[None], np.linalg.inv(cap.truth[0]))[0]  # the cover in photo 0
@@ -108,7 +108,7 @@ def test_restore_align_fails_closed_when_no_photos_agree(tmp_path):
     accepting an alignment on alike occluders."""
     cap, paths = _restore_folder(tmp_path, 504, 5, picture="procedural")
     assert cap.info["table"] == "plain"
-    aligner = restore.Aligner(paths, PHOTO, anchor=0, progress=False)
+    aligner = Aligner(paths, PHOTO, anchor=0, progress=False)
     assert [p.name for p in aligner.paths] == ["IMG_00.jpg"]
     assert len(aligner.rejected) == len(paths) - 1
     assert all("more than half of the photos" in why for _, why in aligner.rejected), aligner.rejected

@@ -14,6 +14,7 @@ import trainer.restore as restore
 from model import build_model
 from model.checkpoint import save_checkpoint
 from tests.captures import corner_error, make_capture, object_image
+from trainer.restore_align import Aligner
 
 PHOTO = (224, 176)
 
@@ -84,7 +85,7 @@ def fitted_psnr(img: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
 
 
 def test_aligner_homographies_and_streamed_frames_within_a_pixel(capture, photos):
-    aligner = restore.Aligner(photos, PHOTO, anchor=0, progress=False)
+    aligner = Aligner(photos, PHOTO, anchor=0, progress=False)
     assert aligner.rejected == [] and aligner.paths == photos
     for i, h in enumerate(aligner.homographies):
         assert corner_error(h, true_map(capture, i, 0), PHOTO) < 1.0, i
@@ -122,7 +123,7 @@ def test_cli_align_output_is_closer_to_the_truth(tmp_path, capture, photos):
 
 
 def test_align_to_another_photo(capture, photos, tmp_path):
-    aligner = restore.Aligner(photos, PHOTO, anchor=2, progress=False)
+    aligner = Aligner(photos, PHOTO, anchor=2, progress=False)
     for i, h in enumerate(aligner.homographies):
         assert corner_error(h, true_map(capture, i, 2), PHOTO) < 1.0, i
     out = tmp_path / "out.png"
