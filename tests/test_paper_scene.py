@@ -50,7 +50,7 @@ def test_bad_preset_values_fail_naming_their_key(override, key):
 
 
 def test_paper_scenes_are_harder_than_the_default(paper):
-    """One large textured occluder in view in most photos (a quarter show the cover unobstructed),
+    """One large textured occluder in view in most photos (30 % show the cover unobstructed),
     coloured lights, a cover with relief."""
     specs = [sample_sequence(0, sid, 9, 1000, paper) for sid in range(20)]
     frames = [f for s in specs for f in s.frames]
