@@ -21,6 +21,8 @@ The object is flat, so one homography maps every photo onto the anchor. It is fo
    photo shares the fine detail. A photo that does not (a box blur flips the sign of fine
    detail, so a fine ECC lands a pixel or more off) is matched against the anchor blurred by the
    line kernel under which it looks most like the photo: same blur on both sides, no bias.
+   When clearly more cells agree under ECC's result than under the feature estimate (few inliers
+   in one corner: the estimate was far off elsewhere), ECC runs once more over those cells.
 
 Whether a result can be trusted is judged by what an alignment must get right, not by a global
 correlation (a plain, noisy table has no texture to correlate, so a perfect alignment scored low):
@@ -37,7 +39,8 @@ If ECC fails, or lands far from the feature estimate, or fits the feature inlier
 than it (ECC fitted a one-sided patch of texture and tilted the rest), or agrees less than it, the
 feature estimate is kept (and said so in `Alignment.refined`): ECC is a refinement, not a judge.
 `Alignment.checks` records how: ecc_coarse / ecc_fine_cc (correlations), ecc_fine (1 fine step
-kept, 2 kept after matching the blur, 0 coarse result kept), blur_px, half_size_features, second_model.
+kept, 2 kept after matching the blur, 0 coarse result kept), blur_px, half_size_features, second_model,
+ecc_passes (2: the second pass over the cells agreeing under ECC's result was kept).
 
 Alignment is done on a "work" copy whose long side is at most `work_size` pixels (speed), but the
 homography returned is in full-resolution pixel coordinates of the two images given (pixel
@@ -584,7 +587,10 @@ def align(anchor: Frame, photo: Frame, cfg: AlignConfig = AlignConfig()) -> Alig
     grid = cell_correlations(anchor, photo, h_work, cfg)
     res.agreement, res.checks["cells"] = _percentile(grid)
     if cfg.ecc:
+        h_features = h_work
         res.refined, h_work = _refine(anchor, photo, h_work, src[inl], dst[inl], res, cfg)
+        if res.refined == "ecc":
+            h_work = _reseat(anchor, photo, h_features, h_work, src[inl], dst[inl], res, cfg)
     else:
         res.refined = "off"
     if (res.ecc_shift is not None and res.ecc_shift > 5 * cfg.max_ecc_shift and res.refined != "ecc"
@@ -649,6 +655,47 @@ def _refine(anchor: Frame, photo: Frame, h_work: np.ndarray, src: np.ndarray, ds
         return f"kept features: ECC agrees less ({score} < {res.agreement:.3f})", h_work
     res.agreement = score
     return "ecc", refined
+
+
+
+RESEAT_GAIN = 1.25  # cells agreeing under ECC's result over those under the features: ECC once more
+
+
+def _agreeing_under(anchor: Frame, photo: Frame, h_work: np.ndarray, cfg: AlignConfig) -> np.ndarray | None:
+    """bool (h, w) work px: the cells ECC looks at when it starts from h_work (as _refine picks them)."""
+    mask = anchor.texture if anchor.texture is not None else np.ones(anchor.grey.shape, bool)
+    if anchor.ecc_in_region and anchor.ecc_mask is not None:
+        mask = mask & anchor.ecc_mask
+    return _agreeing_cells(anchor, _cell_grid(anchor, anchor.normalised, photo.normalised, mask, h_work, cfg), cfg)
+
+
+def _reseat(anchor: Frame, photo: Frame, h_features: np.ndarray, refined: np.ndarray, src: np.ndarray,
+            dst: np.ndarray, res: Alignment, cfg: AlignConfig) -> np.ndarray:
+    """ECC once more, from ECC's result `refined`, over the cells that agree under it, when they are
+    clearly more (RESEAT_GAIN) than those that agreed under the feature estimate h_features; returns
+    the homography to keep (work px), the second pass's where it passes _refine's tests and stays
+    within max_ecc_shift of the inliers (src, dst: photo, anchor work px), else `refined`.
+    res.checks["ecc_passes"]: 2 when the second pass was kept.
+
+    Why: ECC looks only at the cells that agree under the feature estimate. With few inliers in one
+    part of the object (a cover on a plain table, its texture matched in one corner) that estimate
+    is far off elsewhere, only the cells near the inliers agree, and ECC, fitted to that patch,
+    extrapolates over the rest. Seen: 10 inliers over 10 % of the cover, the feature estimate 21 px
+    RMS off, ECC on 40 of 176 cells 0.95 px RMS (2.4 px at worst); over the 79 cells that agree under
+    ECC's result, 0.19 px."""
+    before, after = _agreeing_under(anchor, photo, h_features, cfg), _agreeing_under(anchor, photo, refined, cfg)
+    if after is None or (before is not None and after.sum() < RESEAT_GAIN * before.sum()):
+        return refined
+    trial = Alignment(None, agreement=res.agreement, checks=dict(res.checks))
+    why, again = _refine(anchor, photo, refined, src, dst, trial, cfg)
+    if why != "ecc":
+        return refined
+    shift = float(np.linalg.norm(project(again, src) - project(h_features, src), axis=1).max())
+    if shift > cfg.max_ecc_shift:
+        return refined
+    res.agreement, res.ecc, res.ecc_shift, res.checks = trial.agreement, trial.ecc, shift, trial.checks
+    res.checks["ecc_passes"] = 2.0
+    return again
 
 
 def _fine_step(anchor: Frame, photo: Frame, h_coarse: np.ndarray, cells: np.ndarray | None, res: Alignment,
