@@ -657,7 +657,6 @@ def _refine(anchor: Frame, photo: Frame, h_work: np.ndarray, src: np.ndarray, ds
     return "ecc", refined
 
 
-
 RESEAT_GAIN = 1.25  # cells agreeing under ECC's result over those under the features: ECC once more
 
 
@@ -681,7 +680,7 @@ def _reseat(anchor: Frame, photo: Frame, h_features: np.ndarray, refined: np.nda
     part of the object (a cover on a plain table, its texture matched in one corner) that estimate
     is far off elsewhere, only the cells near the inliers agree, and ECC, fitted to that patch,
     extrapolates over the rest. Seen: 10 inliers over 10 % of the cover, the feature estimate 21 px
-    RMS off, ECC on 40 of 176 cells 0.95 px RMS (2.4 px at worst); over the 79 cells that agree under
+    RMS off, ECC on 40 of 176 cells 0.95 px RMS (2.4 px at worst); over the 77 cells that agree under
     ECC's result, 0.19 px."""
     before, after = _agreeing_under(anchor, photo, h_features, cfg), _agreeing_under(anchor, photo, refined, cfg)
     if after is None or (before is not None and after.sum() < RESEAT_GAIN * before.sum()):
