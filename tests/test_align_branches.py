@@ -1055,3 +1055,39 @@ def test_well_spread_inliers_need_no_second_ecc_pass():
     res = align(anchor, photo)
     assert res.ok and res.refined == "ecc" and "ecc_passes" not in res.checks
     assert _grid_error(res.homography, truth, pts)[0] < 0.1
+
+
+@pytest.mark.parametrize("texture", ["holed", None])
+def test_the_second_pass_judges_the_cells_as_refine_picks_them(monkeypatch, texture):
+    """_agreeing_under(h) is the set of cells _refine lets ECC look at when it starts from h: the anchor's
+    texture (every pixel without a texture map) inside the grown region, then the cells that agree."""
+    from generator.align import _agreeing_under
+
+    anchor, photo, truth, h_work, src, dst = _ecc_pair()
+    set_region(anchor, np.array([[20, 20], [150, 20], [150, 150], [20, 150]], np.float64))
+    if texture is None:
+        anchor.texture = None
+    else:
+        anchor.texture = anchor.texture.copy()
+        anchor.texture[:, :80] = False  # no texture left of x = 80: those cells are not judged
+    spy = _EccCalls(monkeypatch)
+    _refine_with(anchor, photo, h_work, src, dst)
+    cells = _agreeing_under(anchor, photo, h_work, AlignConfig())
+    assert cells is not None and cells.dtype == bool and cells.shape == anchor.grey.shape
+    fine_mask = spy.calls[1][1]  # the fine step's: its texture, region and cells
+    base = anchor.ecc_mask if texture is None else anchor.texture & anchor.ecc_mask
+    assert np.array_equal(fine_mask, base & cells) and fine_mask.any()
+    if texture is not None:
+        assert not cells[:, :64].any()
+
+
+def test_a_kept_second_pass_reports_how_far_it_moved_the_inliers():
+    """ecc_shift after a second pass: the largest distance, over the inliers, between where it and the
+    feature estimate put them (the estimate's homography from the same matches without ECC)."""
+    anchor, photo, truth, pts = _one_corner_scene()
+    feat = align(anchor, photo, AlignConfig(ecc=False))
+    res = align(anchor, photo)
+    assert res.checks["ecc_passes"] == 2.0 and res.inliers == feat.inliers == len(photo.keypoints)
+    p = photo.keypoints.astype(np.float64)
+    expected = np.linalg.norm(project(res.homography, p) - project(feat.homography, p), axis=1).max()
+    assert res.ecc_shift == pytest.approx(expected, rel=1e-6)
