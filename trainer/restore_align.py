@@ -42,7 +42,7 @@ class Aligner:
                  progress: bool = True, rectify: str = "auto", corners: np.ndarray | None = None,
                  mode: str = "consensus"):
         # cv2: only needed with --align
-        from generator.align import AlignConfig, align, find_quad, prepare, set_region
+        from generator.align import AlignConfig, align, prepare, set_region
 
         if not 0 <= anchor < len(paths):
             raise RestoreError(f"--align-to {anchor}: there are {len(paths)} photos (indices 0..{len(paths) - 1})")
@@ -56,13 +56,7 @@ class Aligner:
         self.anchor = _to_hwc(load_image(self.anchor_path, size))
         anchor_frame = prepare(self.anchor, cfg)
         self.to_out, self.out_size, self.outline = np.eye(3), size, ""
-        if corners is not None:
-            quad, how = np.asarray(corners, np.float64), "the given --corners"
-        elif rectify == "off":
-            quad, how = None, "not rectified (--rectify off): output in the anchor photo's frame"
-        else:
-            found = find_quad(self.anchor)
-            quad, how = found.quad, found.reason if found.quad is None else f"the outline found in {self.anchor_path.name}"
+        quad, how = self._anchor_outline(rectify, corners)
         # Without an outline, the whole anchor photo counts (the photos were chosen by the user; a
         # central region, as drs-ingest uses against intruders, would extrapolate to the borders).
         set_region(anchor_frame, quad)
@@ -92,6 +86,17 @@ class Aligner:
             if found is not None:
                 quad, how = found, f"the outline found in the median of the aligned photos (not in the anchor: {how})"
         self._finish(quad, size, how, rectify, corners)
+
+    def _anchor_outline(self, rectify: str, corners: np.ndarray | None) -> tuple[np.ndarray | None, str]:
+        """(quad in anchor px or None, how it was found) from --corners, --rectify off, or the anchor."""
+        from generator.align import find_quad
+
+        if corners is not None:
+            return np.asarray(corners, np.float64), "the given --corners"
+        if rectify == "off":
+            return None, "not rectified (--rectify off): output in the anchor photo's frame"
+        found = find_quad(self.anchor)
+        return found.quad, found.reason if found.quad is None else f"the outline found in {self.anchor_path.name}"
 
     def _finish(self, quad: np.ndarray | None, size: tuple[int, int], how: str, rectify: str,
                 corners: np.ndarray | None) -> None:
@@ -138,19 +143,14 @@ class Aligner:
         self.paths = [Path(p) for i, p in enumerate(paths) if i in res.homographies]
         self.homographies = [res.homographies[i] for i in range(len(paths)) if i in res.homographies]
         self.rejected = [(Path(paths[i]), why) for i, why in sorted(res.rejected.items())]
-        if corners is not None:
-            quad, how = np.asarray(corners, np.float64), "the given --corners"
-        elif rectify == "off":
-            quad, how = None, "not rectified (--rectify off): output in the anchor photo's frame"
-        else:
-            found = find_quad(self.anchor)
-            quad, how = found.quad, found.reason if found.quad is None else f"the outline found in {self.anchor_path.name}"
-            if quad is None and res.median is not None and len(self.paths) >= 3:
-                # The median is in the anchor's work frame: each photo's glare and hand outvoted.
-                in_median = find_quad(res.median)
-                if in_median.quad is not None:
-                    quad = project(np.linalg.inv(photos[res.anchor].frame.to_work), in_median.quad)
-                    how = f"the outline found in the median of the aligned photos (not in the anchor: {how})"
+        quad, how = self._anchor_outline(rectify, corners)
+        looked_in_anchor = corners is None and rectify != "off"
+        if looked_in_anchor and quad is None and res.median is not None and len(self.paths) >= 3:
+            # The median is in the anchor's work frame: each photo's glare and hand outvoted.
+            in_median = find_quad(res.median)
+            if in_median.quad is not None:
+                quad = project(np.linalg.inv(photos[res.anchor].frame.to_work), in_median.quad)
+                how = f"the outline found in the median of the aligned photos (not in the anchor: {how})"
         self._finish(quad, size, how, rectify, corners)
 
     def _rectify(self, quad: np.ndarray, size: tuple[int, int], how: str) -> None:
