@@ -31,7 +31,7 @@ reference. When no seed explains more than half of the photos (a cover so weakly
 pair of photos shares enough right matches), only the anchor is kept and every other photo says
 why: the set fails closed rather than accepting a wrong alignment; so it does when, after the
 refinement, no more than half of the photos still align. NumPy and OpenCV only; used by
-`drs-restore --align` (trainer/restore.py).
+`drs-restore --align` (trainer/restore_align.py).
 """
 
 from __future__ import annotations
