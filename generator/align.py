@@ -46,7 +46,7 @@ Alignment is done on a "work" copy whose long side is at most `work_size` pixels
 homography returned is in full-resolution pixel coordinates of the two images given (pixel
 centres at integers, as OpenCV's warps use).
 
-Used by `drs-ingest` (generator/ingest.py) and `drs-restore --align` (trainer/restore.py); imports
+Used by `drs-ingest` (generator/ingest.py) and `drs-restore --align` (trainer/restore_align.py); imports
 only NumPy and OpenCV. The cover's quadrilateral and the rectifying map (generator/cover_quad.py)
 and the resampling of aligned photos (generator/warp.py) are re-exported here, so trainer/
 imports only this module.
