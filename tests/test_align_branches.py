@@ -28,6 +28,7 @@ from generator.align import (
     project,
     set_region,
 )
+from tests.ecc_spy import EccSpy
 
 NO_ECC = AlignConfig(ecc=False)
 
@@ -686,21 +687,6 @@ def _refine_with(anchor, photo, h_work, src, dst, cfg: AlignConfig | None = None
     return res, refined, h
 
 
-class _EccCalls:
-    """Records each cv2.findTransformECC call (input image, mask as bool, correlation): a spy only."""
-
-    def __init__(self, monkeypatch):
-        self.calls = []
-        real = cv2.findTransformECC
-
-        def spy(template, image, warp, motion, criteria, mask, gauss):
-            cc, out = real(template, image, warp, motion, criteria, mask, gauss)
-            self.calls.append((image, mask.astype(bool), cc))
-            return cc, out
-
-        monkeypatch.setattr(cv2, "findTransformECC", spy)
-
-
 def test_a_blurred_photo_is_matched_against_the_anchor_blurred_the_same_way(monkeypatch):
     """A 9-px motion blur: the coarse step works, the fine step against the sharp anchor correlates too
     little, so the anchor is blurred by the line that makes it look most like the photo (9 px) and the
@@ -708,11 +694,11 @@ def test_a_blurred_photo_is_matched_against_the_anchor_blurred_the_same_way(monk
     from generator.align import _line_kernel, normalise
 
     anchor, photo, truth, h_work, src, dst = _ecc_pair(blur=(9, 30.0))
-    spy = _EccCalls(monkeypatch)
+    spy = EccSpy(monkeypatch)
     res, refined, h = _refine_with(anchor, photo, h_work, src, dst)
     assert refined == "ecc" and _error(h, truth, 176) < 0.25 < 1.4 < _error(h_work, truth, 176)
     assert res.checks["ecc_fine"] == 2.0 and res.checks["blur_px"] == 9.0 and len(spy.calls) == 3
-    image, mask, cc = spy.calls[2]
+    _, image, mask, cc, _ = spy.calls[2]
     assert res.ecc == cc == res.checks["ecc_fine_cc"] and cc >= 0.8 * res.checks["ecc_coarse"]
     assert mask.any() and not mask[160:, :].any() and not mask[:, 160:].any()  # the agreeing cells
     # The anchor blurred by a 9-px line at one of the angles tried (every 7.5 degrees), normalised as
@@ -1070,11 +1056,11 @@ def test_the_second_pass_judges_the_cells_as_refine_picks_them(monkeypatch, text
     else:
         anchor.texture = anchor.texture.copy()
         anchor.texture[:, :80] = False  # no texture left of x = 80: those cells are not judged
-    spy = _EccCalls(monkeypatch)
+    spy = EccSpy(monkeypatch)
     _refine_with(anchor, photo, h_work, src, dst)
     cells = _agreeing_under(anchor, photo, h_work, AlignConfig())
     assert cells is not None and cells.dtype == bool and cells.shape == anchor.grey.shape
-    fine_mask = spy.calls[1][1]  # the fine step's: its texture, region and cells
+    fine_mask = spy.calls[1][2]  # the fine step's: its texture, region and cells
     base = anchor.ecc_mask if texture is None else anchor.texture & anchor.ecc_mask
     assert np.array_equal(fine_mask, base & cells) and fine_mask.any()
     if texture is not None:

@@ -36,6 +36,7 @@ from generator.align import (
     work_copy,
 )
 from tests.captures import make_capture, object_image
+from tests.ecc_spy import EccSpy
 
 # ----------------------------------------------------------------------------------------------
 # config and records
@@ -706,21 +707,6 @@ def _max_error(h: np.ndarray, truth: np.ndarray, size: int = 176) -> float:
     return float(np.hypot(d[:, 0], d[:, 1]).max())
 
 
-class _EccSpy:
-    """Records each cv2.findTransformECC call: (template, input image, mask as bool, returned cc, warp)."""
-
-    def __init__(self, monkeypatch):
-        self.calls = []
-        real = cv2.findTransformECC
-
-        def spy(template, image, warp, motion, criteria, mask, gauss):
-            cc, out = real(template, image, warp, motion, criteria, mask, gauss)
-            self.calls.append((template, image, mask.astype(bool), cc, out.copy()))
-            return cc, out
-
-        monkeypatch.setattr(cv2, "findTransformECC", spy)
-
-
 def _refine_run(anchor, photo, h_work, src, dst, cfg: AlignConfig | None = None):
     from generator.align import _refine
 
@@ -734,7 +720,7 @@ def _refine_run(anchor, photo, h_work, src, dst, cfg: AlignConfig | None = None)
 
 def test_refine_coarse_then_fine_records_each_step(monkeypatch):
     anchor, photo, truth, h_work, src, dst = _shifted_pair()
-    spy = _EccSpy(monkeypatch)
+    spy = EccSpy(monkeypatch)
     res, refined, h = _refine_run(anchor, photo, h_work, src, dst)
     assert refined == "ecc" and _max_error(h, truth) < 0.1 < _max_error(h_work, truth)
     # First the coarse step, on the half-size copies, over the anchor's coarse texture in the agreeing
@@ -762,7 +748,7 @@ def test_refine_keeps_a_coarse_step_that_moves_the_inliers_exactly_the_limit(mon
     the fine step starts from it); a hair less allowed, and the coarse step is dropped (the fine step
     starts from the features, with the blur matched: blur_px recorded)."""
     anchor, photo, truth, h_work, src, dst = _shifted_pair()
-    spy = _EccSpy(monkeypatch)
+    spy = EccSpy(monkeypatch)
     _refine_run(anchor, photo, h_work, src, dst)
     warp = spy.calls[0][4].astype(np.float64)
     coarse = np.linalg.inv(anchor.to_coarse) @ warp @ photo.to_coarse
@@ -782,7 +768,7 @@ def test_refine_without_coarse_copies_runs_ecc_once_at_full_size(monkeypatch):
             anchor.coarse = None
         if which in ("photo", "both"):
             photo.coarse = None
-        spy = _EccSpy(monkeypatch)
+        spy = EccSpy(monkeypatch)
         res, refined, h = _refine_run(anchor, photo, h_work, src, dst)
         assert refined == "ecc" and _max_error(h, truth) < 0.1, which
         assert "ecc_coarse" not in res.checks and "ecc_fine" not in res.checks and len(spy.calls) == 1
@@ -802,7 +788,7 @@ def test_refine_inside_the_objects_region(monkeypatch):
     anchor, photo, truth, h_work, src, dst = _shifted_pair()
     quad = np.array([[30, 30], [146, 30], [146, 146], [30, 146]], np.float64)
     set_region(anchor, quad)
-    spy = _EccSpy(monkeypatch)
+    spy = EccSpy(monkeypatch)
     res, refined, h = _refine_run(anchor, photo, h_work, src, dst)
     assert refined == "ecc" and _max_error(h, truth) < 0.15
     coarse_mask, fine_mask = spy.calls[0][2], spy.calls[1][2]
@@ -829,7 +815,7 @@ def test_ecc_against_a_given_anchor_image_and_without_a_texture_map(monkeypatch)
 
     anchor, photo, truth, h_work, src, dst = _shifted_pair()
     cfg = AlignConfig()
-    spy = _EccSpy(monkeypatch)
+    spy = EccSpy(monkeypatch)
     h, cc = _ecc(anchor, photo, h_work, cfg)
     assert spy.calls[-1][1] is anchor.normalised and _max_error(h, truth) < 0.1
     other = anchor.normalised.copy()
@@ -876,7 +862,7 @@ def test_refine_with_too_few_judged_cells_lets_ecc_use_all_the_texture(monkeypat
     anchor.texture = texture
     if in_region:  # the grown outline covers the whole image
         set_region(anchor, np.array([[5, 5], [170, 5], [170, 170], [5, 170]], np.float64))
-    spy = _EccSpy(monkeypatch)
+    spy = EccSpy(monkeypatch)
     _refine_run(anchor, photo, h_work, src, dst)
     fine = [mask for template, _, mask, _, _ in spy.calls if template is photo.normalised]
     assert fine and all(mask[160:, :].any() for mask in fine)
@@ -909,7 +895,7 @@ def test_coarse_ecc_takes_the_cells_at_the_nearest_coarse_pixels(monkeypatch):
     assert anchor.coarse.shape == (88, 88)
     cells = np.zeros(anchor.grey.shape, bool)
     cells[:, :89] = True
-    spy = _EccSpy(monkeypatch)
+    spy = EccSpy(monkeypatch)
     _ecc(anchor, photo, h_work, AlignConfig(), cells, coarse=True)
     cols = np.floor(np.arange(88) * 177 / 88).astype(int)
     rows = np.floor(np.arange(88) * 177 / 88).astype(int)
