@@ -36,6 +36,7 @@ CKPT_EVERY = 5  # the first checkpoint tells the signalling tests that training 
 CONFIG = ["debug=tiny", "model=drs_small", f"trainer.max_steps={MAX_STEPS}", f"trainer.ckpt_every={CKPT_EVERY}",
           "trainer.val_every=100", "trainer.device=cpu"]
 RUN_TIMEOUT_S = 300
+CREDENTIAL_CLOCK_S = 3.0  # seconds a forced restart waits after a requeue (see _signal_mid_run)
 
 
 def _env(base: dict[str, str]) -> dict[str, str]:
@@ -168,6 +169,11 @@ def _signal_mid_run(cluster, out: Path, launcher: subprocess.Popen | None, job: 
     while not _requeued(cluster, job):
         assert time.monotonic() < deadline, f"job {job} was not requeued: {cluster.job_states(job)}"
         time.sleep(0.2)
+    # slurmd revoked the first run's credential when it killed it, and refuses a new credential made
+    # in the same second or earlier ("Killing non-startable batch JobId=N: Job credential revoked":
+    # the job ends FAILED). Slurm's own ~2-minute BeginTime avoids this; starting at once must first
+    # let the clock pass the revocation (whole seconds, stamped when slurmd got to it).
+    time.sleep(CREDENTIAL_CLOCK_S)
     cluster.run(["scontrol", "update", f"JobId={job}", "StartTime=now"])
     return job
 
