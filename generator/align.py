@@ -620,10 +620,7 @@ def _refine(anchor: Frame, photo: Frame, h_work: np.ndarray, src: np.ndarray, ds
     not texture of the object, and least squares would follow it. And it must still fit the
     inliers: where the visible texture is one-sided (a hand over most of the cover) ECC can fit
     what it sees and tilt the rest, which the inliers spread over the object reveal."""
-    mask = anchor.texture if anchor.texture is not None else np.ones(anchor.grey.shape, bool)
-    if anchor.ecc_in_region and anchor.ecc_mask is not None:
-        mask = mask & anchor.ecc_mask
-    cells = _agreeing_cells(anchor, _cell_grid(anchor, anchor.normalised, photo.normalised, mask, h_work, cfg), cfg)
+    cells = _agreeing_under(anchor, photo, h_work, cfg)
     try:
         if anchor.coarse is not None and photo.coarse is not None:
             try:
@@ -661,7 +658,7 @@ RESEAT_GAIN = 1.25  # cells agreeing under ECC's result over those under the fea
 
 
 def _agreeing_under(anchor: Frame, photo: Frame, h_work: np.ndarray, cfg: AlignConfig) -> np.ndarray | None:
-    """bool (h, w) work px: the cells ECC looks at when it starts from h_work (as _refine picks them)."""
+    """bool (h, w) work px: the cells ECC looks at when it starts from h_work (_refine and _reseat)."""
     mask = anchor.texture if anchor.texture is not None else np.ones(anchor.grey.shape, bool)
     if anchor.ecc_in_region and anchor.ecc_mask is not None:
         mask = mask & anchor.ecc_mask
