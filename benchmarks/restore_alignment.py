@@ -1,5 +1,5 @@
 """`drs-restore --align` without a reference on semi-real captures: photos kept, intruders rejected,
-residual misalignment.
+residual misalignment, and whether the outline the output is rectified to is the cover's.
 
     .venv/bin/python benchmarks/restore_alignment.py                    # 8 drawn + 4 procedural sets, 640x480
     .venv/bin/python benchmarks/restore_alignment.py --modes consensus,anchor   # also the old anchor-only mode
@@ -37,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.semirea
 from tests.semireal import make_sequence, residuals  # noqa: E402
 from trainer.restore_align import Aligner  # noqa: E402
 
+OUTLINE_TOLERANCE = 0.01  # of the diagonal: an outline's corners this close are right (find_quad's own yardstick)
+
 
 def sets(args: argparse.Namespace) -> list[tuple[int, dict]]:
     """(seed, make_sequence keyword arguments) of every set measured."""
@@ -62,8 +64,18 @@ def measure_set(cap, folder: Path, mode: str) -> dict:
             truth = np.linalg.inv(cap.truth[a]) @ cap.truth[i]  # photo i px -> anchor px
             errs[name] = float(np.sqrt(np.mean(residuals(kept[name], truth, quad_a) ** 2)))
     return {"kept": sorted(errs), "errors": errs, "intruder_kept": any(n.startswith("INTRUDER") for n in kept),
+            "outline_error": outline_error(aligner.quad, quad_a, size),
             "rejected": {p.name: why for p, why in aligner.rejected}, "anchor": aligner.anchor_path.name,
             "how": aligner.how, "seconds": seconds}
+
+
+def outline_error(found: np.ndarray | None, truth: np.ndarray, size: tuple[int, int]) -> float | None:
+    """The largest corner error of the outline drs-restore rectified to, over the photo's diagonal
+    (corners matched in their cyclic order, whichever corner comes first); None when not rectified."""
+    if found is None:
+        return None
+    worst = min(np.linalg.norm(np.roll(found, k, axis=0) - truth, axis=1).max() for k in range(4))
+    return float(worst / np.hypot(*size))
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -108,6 +120,11 @@ def report(raw: dict) -> None:
             print(f"residual error over the cover (anchor px), per photo RMS: mean {errs.mean():.3f}, median "
                   f"{np.median(errs):.3f}, 95th pct {np.percentile(errs, 95):.3f}, worst {errs.max():.3f}   "
                   f"(goal <= 0.5 mean)")
+        outlines = [r["outline_error"] for r in runs if r["outline_error"] is not None]
+        right = sum(e <= OUTLINE_TOLERANCE for e in outlines)
+        print(f"output rectified to an outline in {len(outlines)}/{len(runs)} sets: {right} right (corners within "
+              f"{OUTLINE_TOLERANCE:.0%} of the diagonal), {len(outlines) - right} wrong"
+              + (f" (worst {max(outlines):.1%})" if outlines else "") + "; the others in the anchor photo's frame")
         print(f"seconds per set (alignment pre-pass, 1 thread): mean {np.mean([r['seconds'] for r in runs]):.1f}")
         reasons: dict[str, int] = {}
         for r in runs:

@@ -127,3 +127,23 @@ def test_a_photo_that_agrees_far_less_than_the_set_is_dropped():
     assert [i for i, r in results.items() if r.ok] == [0, 1, 2, 3]
     assert results[4].homography is None and "far less than the other photos" in results[4].reason
     assert 0.36 < RELATIVE_AGREEMENT * 0.76 < 0.60  # the measured margins on both sides
+
+
+def test_gains_are_matched_to_the_reference_before_the_median():
+    """Three photos of one table, each with its own exposure and white balance and each reaching a
+    different part of the frame: after match_gains their median is one even table, without the
+    straight steps where a photo's border ends (find_quad took those for a cover's outline)."""
+    from generator.align_set import match_gains, stack_median
+
+    rng = np.random.default_rng(0)
+    table = rng.uniform(90, 110, (40, 60, 3)).astype(np.float32)
+    gains = np.array([[1.0, 1.0, 1.0], [1.6, 1.2, 0.7], [0.5, 0.8, 1.3]], np.float32)
+    stack = np.stack([table * g for g in gains])
+    stack[1, :, 40:] = np.nan  # photo 1 does not reach the right of the frame, photo 2 the left
+    stack[2, :, :15] = np.nan
+    before = stack_median(stack.copy()).astype(np.float32)
+    assert np.abs(before[:, 45:] - before[:, 30:35].mean(axis=(0, 1))).max() > 10  # a step at photo 1's border
+    matched = match_gains(stack, 0)
+    np.testing.assert_allclose(matched[1, :, :40], table[:, :40], rtol=1e-4)
+    np.testing.assert_allclose(matched[2, :, 15:], table[:, 15:], rtol=1e-4)
+    assert np.abs(stack_median(matched).astype(np.float32) - table).max() <= 1.0

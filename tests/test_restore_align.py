@@ -212,3 +212,19 @@ def test_outline_hidden_in_the_anchor_is_found_in_the_median_of_the_photos(tmp_p
     assert "rectified to the outline found in the median of the aligned photos" in err, err
     w, h = Image.open(tmp_path / "o.png").size
     assert w / h == pytest.approx(cap.aspect, rel=0.05)
+
+
+def test_aligner_reports_the_outline_it_rectified_to(tmp_path):
+    """Aligner.quad is the outline the output is rectified to (anchor px; what
+    benchmarks/restore_alignment.py checks against the truth), None when the output stays in the
+    anchor photo's frame."""
+    from tests.semireal import make_sequence
+
+    cap = make_sequence(9, photos=4, intruders=0, photo_size=(480, 360), table="plain")
+    cap.write(tmp_path)
+    paths = sorted(tmp_path.glob("IMG_*.jpg"))  # no reference: photo 0 anchors
+    truth = cv2.perspectiveTransform(cap.quad[None], np.linalg.inv(cap.truth[0]))[0]
+    found = Aligner(paths, (480, 360), progress=False).quad
+    worst = min(np.linalg.norm(np.roll(found, k, axis=0) - truth, axis=1).max() for k in range(4))
+    assert worst < 0.01 * np.hypot(480, 360), (found, truth)
+    assert Aligner(paths, (480, 360), progress=False, rectify="off").quad is None

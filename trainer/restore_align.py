@@ -35,7 +35,8 @@ class Aligner:
     or a hand spoils it there, in the per-pixel median of the aligned photos (at most 512 px, where
     each photo's occluders and glare are outvoted), and outputs the flat, front-on cover at its own aspect ratio (`to_out`, anchor px
     -> output px; `out_size`); "off" keeps the anchor's frame; `corners` (4, 2) anchor px give the
-    outline. `outline` says what happened (for the console).
+    outline. `outline` says what happened (for the console); `quad` (4, 2) anchor px: the outline
+    rectified to, None when not rectified.
     """
 
     def __init__(self, paths: Sequence[Path], size: tuple[int, int], anchor: int = 0, cfg=None,
@@ -55,7 +56,7 @@ class Aligner:
         self.anchor_path = Path(paths[anchor])
         self.anchor = _to_hwc(load_image(self.anchor_path, size))
         anchor_frame = prepare(self.anchor, cfg)
-        self.to_out, self.out_size, self.outline = np.eye(3), size, ""
+        self.to_out, self.out_size, self.outline, self.quad = np.eye(3), size, "", None
         quad, how = self._anchor_outline(rectify, corners)
         # Without an outline, the whole anchor photo counts (the photos were chosen by the user; a
         # central region, as drs-ingest uses against intruders, would extrapolate to the borders).
@@ -139,14 +140,15 @@ class Aligner:
                          f"{Path(paths[res.anchor]).name}'s frame")
         self.anchor_path = Path(paths[res.anchor])
         self.anchor = _to_hwc(load_image(self.anchor_path, size))
-        self.to_out, self.out_size, self.outline = np.eye(3), size, ""
+        self.to_out, self.out_size, self.outline, self.quad = np.eye(3), size, "", None
         self.paths = [Path(p) for i, p in enumerate(paths) if i in res.homographies]
         self.homographies = [res.homographies[i] for i in range(len(paths)) if i in res.homographies]
         self.rejected = [(Path(paths[i]), why) for i, why in sorted(res.rejected.items())]
         quad, how = self._anchor_outline(rectify, corners)
         looked_in_anchor = corners is None and rectify != "off"
         if looked_in_anchor and quad is None and res.median is not None and len(self.paths) >= 3:
-            # The median is in the anchor's work frame: each photo's glare and hand outvoted.
+            # The median is in the anchor's work frame: each photo's glare and hand outvoted, the
+            # photos' exposures matched (align_set.match_gains).
             in_median = find_quad(res.median)
             if in_median.quad is not None:
                 quad = project(np.linalg.inv(photos[res.anchor].frame.to_work), in_median.quad)
@@ -163,6 +165,7 @@ class Aligner:
         short = int(round(min(sides[0] + sides[2], sides[1] + sides[3]) / 2))
         self.out_size = flat_size(aspect, max(short, 8))
         self.to_out = rectify_map(quad, self.out_size)
+        self.quad = np.asarray(quad, np.float64)
         self.outline = f"rectified to {how}: {self.out_size[0]}x{self.out_size[1]} px, aspect {aspect:.3f}"
 
     def __call__(self, index: int, img: torch.Tensor) -> torch.Tensor:
