@@ -1,8 +1,16 @@
 """Scene builders shared by the alignment branch tests (test_align_features.py, test_align_ecc.py).
 
-A textured plane and views of it through known homographies, with the keypoints and descriptors of
-the two Frames replaced by chosen ones, so that which matches exist, which homography they agree on
-and where they lie is known in advance. A plain module, not a test file.
+Written for mutation testing (tests/mutation.py, issue 17): the whole-capture tests (test_align.py)
+rarely reach the half-size retry, the second RANSAC set, the spread rejection or the exact limits
+of the counts, so a changed constant or a dropped argument there went unnoticed.
+
+The matches are made exact where a branch depends on them: the images are real (a textured plane
+and a view of it through a known homography, so the photometric checks see a genuine photo), but
+the keypoints and descriptors of the two Frames are replaced by chosen ones (an anchor descriptor
+copied into the photo is a match at distance 0, which the ratio test keeps), so how many matches,
+which are consistent with which homography and where they lie is known in advance. Expected
+homographies, spreads and errors are computed in the tests from the points, not by align.py. A
+plain module, not a test file.
 """
 
 from __future__ import annotations

@@ -3,17 +3,7 @@ the ECC refinement of generator/align.py (the coarse and fine steps, matching a 
 _reseat second pass) and the last checks after it (its features, matching, RANSAC and plausibility
 measures: test_align_features.py).
 
-Written for mutation testing (tests/mutation.py, issue 17): the whole-capture tests (test_align.py)
-rarely reach the half-size retry, the second RANSAC set, the spread rejection or the exact limits
-of the counts, so a changed constant or a dropped argument there went unnoticed.
-
-The matches are made exact where a branch depends on them: the images are real (a textured plane
-and a view of it through a known homography, so the photometric checks see a genuine photo), but
-the keypoints and descriptors of the two Frames are replaced by chosen ones (an anchor descriptor
-copied into the photo is a match at distance 0, which the ratio test keeps), so how many matches,
-which are consistent with which homography and where they lie is known in advance. Expected
-homographies, spreads and errors are computed here from the points, not by align.py. The shared scenes
-are built in tests/align_scenes.py.
+How the scenes make each branch the deciding one, and why these tests exist: tests/align_scenes.py.
 """
 
 from __future__ import annotations
