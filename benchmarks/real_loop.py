@@ -1,6 +1,6 @@
 """The real-data loop end to end, on semi-real captures: does fine-tuning help on held-out covers?
 
-    .venv/bin/python benchmarks/real_loop.py                   # 16 training covers, 300 steps (~15 min)
+    .venv/bin/python benchmarks/real_loop.py                   # 16 training covers, 300 steps, 3 new covers (~3 min)
     .venv/bin/python benchmarks/real_loop.py --quick           # 6 covers, 60 steps
 
 It runs the project's own commands, as a user would:

@@ -14,7 +14,8 @@ them on a plain table. Every folder goes through drs-restore's own alignment pre
 (trainer/restore_align.Aligner, as `drs-restore --align` builds it), so what is measured is what the
 command does before the network runs. Residual error: per kept photo, the RMS over a 16x16 grid
 of points on the cover (occluded parts included) between the homography found (photo -> the
-output's anchor photo) and the true one, in anchor-photo px.
+output's anchor photo) and the true one, in anchor-photo px. Outline: the corners drs-restore
+rectified to against the true ones, right when within OUTLINE_TOLERANCE of the diagonal.
 
 Goals (issue 13, restore without a reference): >= 90 % of genuine photos kept, 100 % of intruders
 rejected, <= 0.5 px mean residual error.
