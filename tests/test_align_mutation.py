@@ -834,19 +834,19 @@ def test_ecc_against_a_given_anchor_image_and_without_a_texture_map(monkeypatch)
 
 
 def test_half_size_features_are_detected_at_half_the_long_side(monkeypatch):
-    import generator.align as align_module
+    import generator.align_frame as frame_module  # where prepare and _half_features look _features up
 
     seen = []
-    real = align_module._features
+    real = frame_module._features
 
     def spy(grey, cfg):
         seen.append(grey.shape)
         return real(grey, cfg)
 
-    monkeypatch.setattr(align_module, "_features", spy)
+    monkeypatch.setattr(frame_module, "_features", spy)
     frame = prepare(object_image("astronaut", 243))
     assert frame.grey.shape == (243, 243) and seen == [(243, 243)]
-    align_module._half_features(frame, AlignConfig())
+    frame_module._half_features(frame, AlignConfig())
     assert seen[1] == (121, 121)  # 243 // 2
 
 
