@@ -1,6 +1,6 @@
 """A spy on cv2.findTransformECC for the alignment tests: it records each call and changes nothing.
 
-The ECC steps of generator/align.py leave few traces in their result, so tests check which step ran
+The ECC steps of generator/align_ecc.py leave few traces in their result, so tests check which step ran
 and with which mask by what reached OpenCV.
 """
 

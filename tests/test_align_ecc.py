@@ -1,5 +1,5 @@
 """align()'s decisions branch by branch, on inputs built so that each branch is the one that decides:
-the ECC refinement of generator/align.py (the coarse and fine steps, matching a blurred photo, the
+the ECC refinement of generator/align_ecc.py (the coarse and fine steps, matching a blurred photo, the
 _reseat second pass) and the last checks after it (its features, matching, RANSAC and plausibility
 measures: test_align_features.py).
 

@@ -1,6 +1,6 @@
 """align()'s decisions branch by branch, on inputs built so that each branch is the one that decides:
 the features, matching, RANSAC and the homography's plausibility, the preparation of a Frame and the
-cell correlations of generator/align.py (its ECC refinement: test_align_ecc.py).
+cell correlations of generator/align.py and align_frame.py (the ECC refinement: test_align_ecc.py).
 
 How the scenes make each branch the deciding one, and why these tests exist: tests/align_scenes.py.
 """
