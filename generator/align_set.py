@@ -36,6 +36,7 @@ refinement, no more than half of the photos still align. NumPy and OpenCV only; 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field, replace
 
 import cv2
@@ -88,73 +89,44 @@ class SetResult:
 
 
 # ---------------------------------------------------------------------------------- medians
-@dataclass
-class WarpedStack:
-    """The photos warped into one frame: pixels uint8 (n, H, W, 3), seen bool (n, H, W) where each
-    photo reaches. uint8 and a mask, not float32 with NaN: these stacks (and their medians' copies)
-    are most of what the consensus holds per photo (benchmarks/align_memory.py, 1024x768 photos:
-    18 MB a photo at the peak; 85 MB with float32 stacks)."""
-
-    pixels: np.ndarray
-    seen: np.ndarray
-
-    def subset(self, keep: list[int]) -> WarpedStack:
-        return WarpedStack(self.pixels[keep], self.seen[keep])
-
-
-def warped_stack(photos: list[SetPhoto], maps: dict[int, np.ndarray], size: tuple[int, int]) -> WarpedStack:
-    """The photos' small copies warped by maps[i] (photo i work px -> the frame's px) into a frame of
-    `size` (W, H); a pixel is seen by a photo where all of its interpolation footprint is."""
-    pixels = np.zeros((len(maps), size[1], size[0], 3), np.uint8)
-    seen = np.zeros((len(maps), size[1], size[0]), bool)
+def warped_stack(photos: list[SetPhoto], maps: dict[int, np.ndarray], size: tuple[int, int]) -> np.ndarray:
+    """float32 (len(maps), H, W, 3): the photos' small copies warped by maps[i] (photo i work px ->
+    the frame's px) into a frame of `size` (W, H), NaN where a photo does not reach."""
+    stack = np.full((len(maps), size[1], size[0], 3), np.nan, np.float32)
     for n, (i, h) in enumerate(maps.items()):
-        small = photos[i].small
-        pixels[n] = cv2.warpPerspective(small, h, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                                        borderValue=0)
-        inside = cv2.warpPerspective(np.full(small.shape[:2], 255, np.uint8), h, size, flags=cv2.INTER_LINEAR,
-                                     borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        seen[n] = inside == 255
-    return WarpedStack(pixels, seen)
+        stack[n] = cv2.warpPerspective(photos[i].small.astype(np.float32), h, size, flags=cv2.INTER_LINEAR,
+                                       borderMode=cv2.BORDER_CONSTANT, borderValue=(np.nan, np.nan, np.nan))
+    return stack
 
 
-def match_gains(stack: WarpedStack, reference: int) -> WarpedStack:
-    """A copy of the stack with each photo's colour channels scaled so that, where it and photo
-    `reference` both show the frame, its median equals the reference's.
+def match_gains(stack: np.ndarray, reference: int) -> np.ndarray:
+    """The warped_stack with each photo's colour channels scaled (in place, and returned) so that,
+    where it and photo `reference` both show the frame, its median equals the reference's.
 
     Why: the photos of a set differ in exposure and white balance, and where the number of photos
     that reach a pixel changes (their borders), the median jumps between them: straight edges on
     the table, as strong as the cover's own, and find_quad took those for the outline. Measured on
     the 12 semi-real sets (tests/semireal.py seeds 0-15, 640x480) that align, outline looked for in
     the median: 3 right, 4 wrong, 5 not found; with the gains matched, 8 right, 1 wrong, 3 not found."""
-    ref, ref_seen = stack.pixels[reference], stack.seen[reference]
-    out = stack.pixels.copy()
-    for layer, seen, scaled in zip(stack.pixels, stack.seen, out, strict=True):
-        both = seen & ref_seen
+    ref = stack[reference]
+    for layer in stack:
+        both = np.isfinite(layer[..., 0]) & np.isfinite(ref[..., 0])
         if not both.any():
             continue
         for c in range(layer.shape[-1]):
             have = float(np.median(layer[..., c][both]))
-            if have > 0:
-                gain = float(np.median(ref[..., c][both])) / have
-                scaled[..., c] = np.clip(layer[..., c] * gain + 0.5, 0, 255).astype(np.uint8)
-    return WarpedStack(out, stack.seen)
+            if have > 1e-3:
+                layer[..., c] *= float(np.median(ref[..., c][both])) / have
+    return stack
 
 
-def stack_median(stack: WarpedStack) -> np.ndarray:
-    """uint8 (H, W, 3): the per-pixel median over the photos that see each pixel (one photo's
-    occluder or glare is outvoted where three or more do; the mean of the middle two, rounded half
-    up, where their count is even); 0 where none does."""
-    count = stack.seen.sum(axis=0)
-    # Unseen entries sort last (255), so the first `count` of each pixel are the seen ones.
-    ordered = np.where(stack.seen[..., None], stack.pixels, np.uint8(255))
-    ordered.sort(axis=0)
-    shape = (1, *ordered.shape[1:])
-    lo = np.broadcast_to(((np.maximum(count, 1) - 1) // 2)[None, ..., None], shape)
-    hi = np.broadcast_to((np.maximum(count, 1) // 2)[None, ..., None], shape)
-    total = np.take_along_axis(ordered, lo, axis=0)[0].astype(np.uint16) + np.take_along_axis(ordered, hi, axis=0)[0]
-    med = ((total + 1) // 2).astype(np.uint8)
-    med[count == 0] = 0
-    return med
+def stack_median(stack: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 3): the per-pixel median of a warped_stack over the photos that show each pixel
+    (one photo's occluder or glare is outvoted where three or more do); 0 where none does."""
+    with warnings.catch_warnings():  # a pixel no photo shows is a NaN median, set to 0 below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        med = np.nanmedian(stack, axis=0)
+    return np.clip(np.nan_to_num(med, nan=0.0) + 0.5, 0, 255).astype(np.uint8)
 
 
 def median_view(photos: list[SetPhoto], maps: dict[int, np.ndarray], size: tuple[int, int]) -> np.ndarray:
@@ -237,7 +209,8 @@ def explains_enough(seed: Seed, results: dict[int, Alignment], n: int) -> bool:
     more than half of the photos (the cover is in all of them, alike occluders in a few), and at
     least UNCONFIRMED_SHARE of them when no loop confirms the seed (one pair model, or the anchor
     alone). Measured: a pair model along a wood table's grain had 5 of 9 photos agree and kept
-    photos 4-260 px off, where the one right set seeded by a pair had 8 of 9."""
+    photos 4-260 px off (with uint8 warped copies, which were then not kept), where right sets
+    seeded by a pair model or the anchor had 6-8 of 9 (benchmarks/restore_alignment.py, 22 sets)."""
     if not _majority(results, n):
         return False
     return len(seed.members) >= 3 or len(_accepted(results)) >= UNCONFIRMED_SHARE * n
@@ -290,12 +263,12 @@ def refine(photos: list[SetPhoto], frame_photo: int, results: dict[int, Alignmen
         # The outline is looked for with the photos' gains matched; the alignment targets stay the
         # plain medians the trust checks were calibrated on (with matched gains everywhere, measured
         # by benchmarks/restore_alignment.py: one more genuine photo left out, no better alignment).
-        median = stack_median(match_gains(stack, list(maps).index(frame_photo) if frame_photo in maps else 0))
+        median = stack_median(match_gains(stack.copy(), list(maps).index(frame_photo) if frame_photo in maps else 0))
         whole, region = median_frame(stack_median(stack), cfg, outline_in=median)
         results, first = {}, np.eye(3)
         for i in range(len(photos)):
             if i in maps and len(maps) >= 3:
-                others = stack.subset([n for n, j in enumerate(maps) if j != i])
+                others = stack[[n for n, j in enumerate(maps) if j != i]]
                 target, _ = median_frame(stack_median(others), cfg, like=whole)
             else:
                 target = whole

@@ -3,8 +3,6 @@ guard (generator/pair_models.py), and consensus alignment of semi-real handheld 
 
 from __future__ import annotations
 
-import warnings
-
 import cv2
 import numpy as np
 from skimage import data as skdata
@@ -135,47 +133,26 @@ def test_gains_are_matched_to_the_reference_before_the_median():
     """Three photos of one table, each with its own exposure and white balance and each reaching a
     different part of the frame: after match_gains their median is one even table, without the
     straight steps where a photo's border ends (find_quad took those for a cover's outline)."""
-    from generator.align_set import WarpedStack, match_gains, stack_median
+    from generator.align_set import match_gains, stack_median
 
     rng = np.random.default_rng(0)
-    table = rng.uniform(90, 110, (40, 60, 3))
-    gains = np.array([[1.0, 1.0, 1.0], [1.6, 1.2, 0.7], [0.5, 0.8, 1.3]])
-    seen = np.ones((3, 40, 60), bool)
-    seen[1, :, 40:] = False  # photo 1 does not reach the right of the frame, photo 2 the left
-    seen[2, :, :15] = False
-    stack = WarpedStack(np.stack([np.round(table * g) for g in gains]).astype(np.uint8), seen)
-    before = stack_median(stack).astype(np.float32)
+    table = rng.uniform(90, 110, (40, 60, 3)).astype(np.float32)
+    gains = np.array([[1.0, 1.0, 1.0], [1.6, 1.2, 0.7], [0.5, 0.8, 1.3]], np.float32)
+    stack = np.stack([table * g for g in gains])
+    stack[1, :, 40:] = np.nan  # photo 1 does not reach the right of the frame, photo 2 the left
+    stack[2, :, :15] = np.nan
+    before = stack_median(stack.copy()).astype(np.float32)
     assert np.abs(before[:, 45:] - before[:, 30:35].mean(axis=(0, 1))).max() > 10  # a step at photo 1's border
     matched = match_gains(stack, 0)
-    np.testing.assert_allclose(matched.pixels[1][:, :40], table[:, :40], atol=1.5)
-    np.testing.assert_allclose(matched.pixels[2][:, 15:], table[:, 15:], atol=1.5)
-    assert np.abs(stack_median(matched).astype(np.float32) - table).max() <= 1.5
-    assert (stack.pixels[1] == np.round(table * gains[1]).astype(np.uint8)).all()  # the input is left as it was
-
-
-def test_stack_median_is_the_median_of_the_photos_that_see_each_pixel():
-    """uint8 pixels with a mask give what NumPy's nanmedian gives with NaN where a photo does not
-    reach, rounded half up; 0 where no photo reaches."""
-    from generator.align_set import WarpedStack, stack_median
-
-    rng = np.random.default_rng(1)
-    for n in (1, 2, 3, 4, 7):
-        pixels = rng.integers(0, 256, (n, 9, 11, 3), dtype=np.uint8)
-        seen = rng.random((n, 9, 11)) < 0.7
-        seen[:, 0, 0] = False
-        with warnings.catch_warnings():  # all-NaN pixels: nanmedian warns, and gives NaN
-            warnings.simplefilter("ignore", RuntimeWarning)
-            want = np.nanmedian(np.where(seen[..., None], pixels.astype(np.float64), np.nan), axis=0)
-        want = np.floor(np.nan_to_num(want, nan=0.0) + 0.5).astype(np.uint8)
-        got = stack_median(WarpedStack(pixels, seen))
-        np.testing.assert_array_equal(got, want)
-        assert (got[0, 0] == 0).all()
+    np.testing.assert_allclose(matched[1, :, :40], table[:, :40], rtol=1e-4)
+    np.testing.assert_allclose(matched[2, :, 15:], table[:, 15:], rtol=1e-4)
+    assert np.abs(stack_median(matched).astype(np.float32) - table).max() <= 1.0
 
 
 def test_a_seed_no_loop_confirms_needs_two_thirds_of_the_photos():
     """More than half of the photos must agree with any seed's median; a pair model or the anchor
     alone, which no loop confirms, needs two thirds (5 of 9 agreed with a pair model along a wood
-    table's grain, 4-260 px off)."""
+    table's grain, 4-260 px off; right sets so seeded had 6-8 of 9)."""
     from generator.align import Alignment
     from generator.align_set import explains_enough
     from generator.pair_models import Seed
@@ -187,4 +164,4 @@ def test_a_seed_no_loop_confirms_needs_two_thirds_of_the_photos():
     assert explains_enough(loop, results(5), 9) and not explains_enough(loop, results(4), 9)
     assert not explains_enough(pair, results(5), 9) and explains_enough(pair, results(6), 9)
     assert explains_enough(pair, results(8), 9) and not explains_enough(anchor, results(5), 9)
-    assert explains_enough(anchor, results(6), 8)  # 6 of 8: the loop's cover 11, seeded by the anchor
+    assert explains_enough(anchor, results(6), 9) and explains_enough(anchor, results(6), 8)  # exactly 2/3 is enough

@@ -123,8 +123,8 @@ class Aligner:
                    rectify: str, corners: np.ndarray | None) -> None:
         """--align-mode consensus (generator/align_set.py): every photo aligned to the median of the
         photos that agree, not to one spoiled photo. Holds each photo's work copy and, while
-        refining, warped copies of all of them: about 18 MB per 1024x768 photo at the peak
-        (benchmarks/align_memory.py); the restore itself still streams."""
+        refining, float32 warped copies of all of them: about 85 MB per 1024x768 photo at the
+        peak (benchmarks/align_memory.py); the restore itself still streams."""
         from generator.align import find_quad, project
         from generator.align_set import SetPhoto, align_set
 
