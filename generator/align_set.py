@@ -20,7 +20,8 @@ off). So the photos are aligned to what they agree on, not to any one of them:
 3. consensus: every photo is aligned to each seed's median with align's trust checks (features,
    photometric agreement where the cover has texture) and the centre prior; the seed whose median
    explains the most photos wins, and only if it explains more than half of them (the cover is in
-   every photo, alike occluders in a few: a world of a few photos is not the cover);
+   every photo, alike occluders in a few: a world of a few photos is not the cover), two thirds
+   when no loop confirms the seed (explains_enough);
 4. refinement: every photo (the rejected ones too) aligned again, with ECC, to the median of the
    other accepted photos in the anchor's frame, `ROUNDS` times (leave one out: a median holding a
    photo's own pixels pulls its ECC to where it was put before); each photo's map onto the anchor
