@@ -28,7 +28,7 @@ correlation (a plain, noisy table has no texture to correlate, so a perfect alig
 `Alignment.checks` records how: half_size_features, second_model, the geometric measures, and
 ECC's own (ecc_coarse, ecc_fine, blur_px, ecc_passes...: see generator/align_ecc.py).
 
-The alignment lives in three modules; every name is importable from this one:
+The alignment lives in three modules; what generator/ and trainer/ use is importable from this one:
 - generator/align_frame.py: AlignConfig, Frame, Alignment, the preparation (work copy, features,
   normalisation, the object's region), homography_problem and the cell correlations of the
   photometric checks;
@@ -46,49 +46,20 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-# Re-exported: tests, benchmarks and trainer/ import these (private ones included) from here.
-from generator.align_ecc import (  # noqa: F401
-    BLUR_ANGLES,
-    BLUR_WINDOW,
-    MAX_BLUR,
-    RESEAT_GAIN,
-    _agreeing_under,
-    _ecc,
-    _ecc_region,
-    _fine_ecc,
-    _fine_step,
-    _line_kernel,
-    _matching_blur,
-    _refine,
-    _reseat,
-)
-from generator.align_frame import (  # noqa: F401
-    AGREEMENT_PERCENTILE,
-    ECC_REGION_SCALE,
-    METHODS,
+# What generator/ and trainer/ use is re-exported (__all__); tests import the rest from where it lives.
+from generator.align_ecc import _refine, _reseat
+from generator.align_frame import (
     AlignConfig,
     Alignment,
     Frame,
-    _agreeing_cells,
-    _cell,
-    _cell_grid,
-    _check_mask,
-    _corners,
-    _detector,
-    _features,
     _half_features,
     _percentile,
-    _quad_mask,
-    agreement,
     cell_correlations,
     central_region,
     homography_problem,
-    noise_sigma,
-    normalise,
     prepare,
     project,
     set_region,
-    to_grey,
     work_copy,
 )
 from generator.cover_quad import QuadResult, find_quad, flat_size, parse_corners, quad_aspect, rectify_map
@@ -104,8 +75,8 @@ from generator.warp import (
 )
 
 __all__ = ["AlignConfig", "Alignment", "Frame", "QuadResult", "align", "central_region", "common_square",
-           "find_quad", "flat_size", "largest_rect", "largest_square", "parse_corners", "prepare", "project",
-           "quad_aspect", "rectify_map", "render_crop", "render_view", "scale_matrix", "set_region", "valid_mask",
+           "find_quad", "flat_size", "homography_problem", "largest_rect", "largest_square", "parse_corners",
+           "prepare", "project", "quad_aspect", "rectify_map", "render_crop", "render_view", "scale_matrix", "set_region", "valid_mask",
            "warp_to_anchor", "work_copy"]
 
 

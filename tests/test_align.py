@@ -110,7 +110,7 @@ def test_agreement_ignores_a_flat_noisy_background():
     """The issue's case: a cover on a plain, noisy table. Agreement is measured where there is
     texture, so adding more flat noisy table around the same object does not lower it; a global
     correlation over the frame would fall with every added pixel of noise."""
-    from generator.align import agreement
+    from generator.align_frame import agreement
 
     cap = make_capture("astronaut", k=1, seed=2, ref_size=REF)
     rng = np.random.default_rng(0)
@@ -182,7 +182,7 @@ def test_the_matching_blur_of_a_motion_blurred_photo_is_found():
     lands off; the fine step then runs against the anchor blurred by the line kernel under which it
     looks most like the photo. That kernel is the photo's own blur, and no blur is found in a
     sharp photo."""
-    from generator.align import _line_kernel, _matching_blur
+    from generator.align_ecc import _line_kernel, _matching_blur
 
     rng = np.random.default_rng(0)
     img = np.clip(cv2.GaussianBlur(rng.random((256, 320)).astype(np.float32), (0, 0), 1.2) * 3 - 1, 0, 1)

@@ -41,7 +41,7 @@ def _ecc_pair(off: float = 1.5, blur: tuple[int, float] | None = None, shift_onl
     optionally blurred by a line of blur = (length px, angle deg) and with sensor noise of std `noise`
     (shift_only: moved by whole pixels, not resampled); h_work, the feature estimate, is `off` px to the
     right of the truth; src / dst: 36 inliers on a grid, dst where the truth maps them."""
-    from generator.align import _line_kernel
+    from generator.align_ecc import _line_kernel
     from tests.captures import object_image
 
     size = 176
@@ -66,7 +66,8 @@ def _ecc_pair(off: float = 1.5, blur: tuple[int, float] | None = None, shift_onl
 def _refine_with(anchor, photo, h_work, src, dst, cfg: AlignConfig | None = None, agreement_=None):
     """_refine as align calls it: the feature estimate's reprojection error and agreement recorded first
     (agreement_: a given agreement instead)."""
-    from generator.align import _refine, agreement
+    from generator.align_ecc import _refine
+    from generator.align_frame import agreement
 
     cfg = cfg or AlignConfig()
     res = Alignment(None)
@@ -82,7 +83,8 @@ def test_a_blurred_photo_is_matched_against_the_anchor_blurred_the_same_way(monk
     """A 9-px motion blur: the coarse step works, the fine step against the sharp anchor correlates too
     little, so the anchor is blurred by the line that makes it look most like the photo (9 px) and the
     fine step runs against that, normalised as the anchor was, in the agreeing cells only."""
-    from generator.align import _line_kernel, normalise
+    from generator.align_ecc import _line_kernel
+    from generator.align_frame import normalise
 
     anchor, photo, truth, h_work, src, dst = _ecc_pair(blur=(9, 30.0))
     spy = EccSpy(monkeypatch)
@@ -124,7 +126,7 @@ def test_fine_step_shift_is_measured_at_the_objects_corners_and_both_limits_are_
     """ecc_fine_shift: how far the fine result moves the object's corners (its region, else the image's)
     from where the coarse result puts them; a fine result correlating ecc_fine_ratio x the coarse one
     and moving exactly ecc_fine_shift is kept."""
-    from generator.align import _fine_ecc
+    from generator.align_ecc import _fine_ecc
 
     anchor, photo, truth, h_work, src, dst = _ecc_pair()
     quad = np.array([[30, 40], [140, 30], [150, 150], [35, 140]], np.float64)
@@ -291,7 +293,7 @@ def test_the_homography_is_returned_in_full_resolution_pixels_normalised():
 def test_a_two_pixel_cell_with_one_pixel_judged_has_no_correlation():
     """cell = 2: a quarter of a cell is 1 px, so a cell is judged from a single pixel, whose deviation
     from its own mean is 0: correlation 0 (not +-1)."""
-    from generator.align import _cell_grid
+    from generator.align_frame import _cell_grid
 
     anchor, _ = _rotated_scene()
     mask = np.zeros(anchor.grey.shape, bool)
@@ -304,7 +306,7 @@ def test_a_two_pixel_cell_with_one_pixel_judged_has_no_correlation():
 def test_beyond_the_photos_edge_is_zero_not_bright():
     """A pixel at the photo's edge, sampled between its last column and beyond it, blends in zeros (as
     if the photo were padded with zeros), not a bright border: the cells along the edge show it."""
-    from generator.align import _cell_grid
+    from generator.align_frame import _cell_grid
 
     anchor, _ = _rotated_scene()
     p_img = np.ascontiguousarray(anchor.normalised[:, :100])
@@ -438,7 +440,7 @@ def test_well_spread_inliers_need_no_second_ecc_pass():
 def test_the_second_pass_judges_the_cells_as_refine_picks_them(monkeypatch, texture):
     """_agreeing_under(h) is the set of cells _refine lets ECC look at when it starts from h: the anchor's
     texture (every pixel without a texture map) inside the grown region, then the cells that agree."""
-    from generator.align import _agreeing_under
+    from generator.align_ecc import _agreeing_under
 
     anchor, photo, truth, h_work, src, dst = _ecc_pair()
     set_region(anchor, np.array([[20, 20], [150, 20], [150, 150], [20, 150]], np.float64))

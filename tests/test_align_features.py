@@ -387,7 +387,7 @@ def test_overlap_of_a_region_smaller_than_two_square_pixels():
 
 def test_a_float32_grey_image_is_used_as_is():
     """No copy of a photo that is already float32 grey (a 24-MP photo is 100 MB)."""
-    from generator.align import to_grey
+    from generator.align_frame import to_grey
 
     g = _plane(64)
     assert np.shares_memory(to_grey(g), g)
@@ -408,7 +408,7 @@ def test_work_copy_of_a_colour_image_and_of_a_very_wide_one():
 def test_noise_sigma_is_the_median_response_inside_a_one_pixel_border():
     """Immerkaer's operator, 3 x 3, where it fits (not on the outer ring of pixels): 1.4826 x the median
     absolute response / 6. A 12-px image, so that every row and column of responses counts."""
-    from generator.align import noise_sigma
+    from generator.align_frame import noise_sigma
 
     rng = np.random.default_rng(8)
     g = rng.random((12, 12)).astype(np.float32)
@@ -423,7 +423,7 @@ def test_normalise_by_its_definition():
     noise std times 1 / (2 sqrt(pi)) (what a unit Gaussian blur leaves of white noise); texture where
     var > (snr noise)^2 + 1e-6. snr defaults to 3. Half textured, half flat with noise, so that both the
     floor and the threshold matter."""
-    from generator.align import noise_sigma, normalise
+    from generator.align_frame import noise_sigma, normalise
 
     rng = np.random.default_rng(9)
     grey = np.full((64, 64), 0.5, np.float32)
@@ -446,7 +446,7 @@ def test_features_are_sift_on_the_clahe_equalised_8_bit_image_with_root_sift_des
     """The grey image is rounded to 8 bits (values outside [0, 1] saturate: a highlight is white, not
     wrapped to black), equalised by CLAHE (clip 2, 8 x 8 tiles), and SIFT runs at the configured contrast
     threshold (0.02, not OpenCV's 0.04); descriptors are RootSIFT."""
-    from generator.align import _features
+    from generator.align_frame import _features
 
     g = ((_plane(128, seed=6) - 0.5) * 3.0 + 0.5).astype(np.float32)  # partly below 0 and above 1
     g[:, :64] = 0.35 + 0.12 * (g[:, :64] - 0.5)  # a low-contrast half, where the threshold matters
@@ -465,7 +465,8 @@ def test_the_coarse_copy_is_half_size_smoothed_and_normalised_at_half_the_scales
     """Frame.coarse: the work copy at half its long side (floor: 123 -> 61), blurred by ecc_blur / 2 and
     normalised over ecc_sigma / 2 (both given in work px), its texture at the configured snr, as is the
     fine copy's. Half the image is texture fading to nothing, with noise: the snr decides where it ends."""
-    from generator.align import normalise, work_copy
+    from generator.align import work_copy
+    from generator.align_frame import normalise
 
     cfg = AlignConfig(ecc_blur=3.0, ecc_sigma=5.0, texture_snr=2.0, norm_sigma=1.5)
     grey = _plane(123, seed=7)
@@ -490,7 +491,7 @@ def test_the_coarse_copy_is_half_size_smoothed_and_normalised_at_half_the_scales
 
 def test_cell_correlation_does_not_depend_on_either_images_contrast():
     """NCC per cell: scaling either normalised image by 1e-3 (a nearly flat cell) changes nothing."""
-    from generator.align import cell_correlations
+    from generator.align_frame import cell_correlations
 
     anchor, photo = _rotated_scene()
     grid = cell_correlations(anchor, photo, TRUTH, NO_ECC)
@@ -502,7 +503,7 @@ def test_cell_correlation_does_not_depend_on_either_images_contrast():
 
 
 def test_a_cell_is_judged_from_a_quarter_of_its_pixels():
-    from generator.align import _cell_grid
+    from generator.align_frame import _cell_grid
 
     anchor, _ = _rotated_scene()
     mask = np.zeros(anchor.grey.shape, bool)
@@ -514,7 +515,7 @@ def test_a_cell_is_judged_from_a_quarter_of_its_pixels():
 
 
 def test_cells_default_to_the_objects_region():
-    from generator.align import cell_correlations
+    from generator.align_frame import cell_correlations
 
     anchor, photo = _object_scene()
     grid = cell_correlations(anchor, photo, CROP, NO_ECC)
@@ -532,7 +533,7 @@ def test_cells_default_to_the_objects_region():
 
 def test_agreeing_cells_threshold_is_strict():
     """A cell agrees when its NCC is above max(0.2, half the 90th percentile): exactly 0.2 is not."""
-    from generator.align import _agreeing_cells
+    from generator.align_frame import _agreeing_cells
 
     anchor, _ = _rotated_scene()  # 240 px: 7 x 7 cells of 32
     grid = np.full((7, 7), 0.1)

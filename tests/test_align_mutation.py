@@ -14,26 +14,28 @@ import numpy as np
 import pytest
 
 from generator.align import (
-    AGREEMENT_PERCENTILE,
     AlignConfig,
     Alignment,
     Frame,
+    align,
+    central_region,
+    homography_problem,
+    prepare,
+    project,
+    set_region,
+    work_copy,
+)
+from generator.align_frame import (
+    AGREEMENT_PERCENTILE,
     _agreeing_cells,
     _cell,
     _corners,
     _percentile,
     agreement,
-    align,
     cell_correlations,
-    central_region,
-    homography_problem,
     noise_sigma,
     normalise,
-    prepare,
-    project,
-    set_region,
     to_grey,
-    work_copy,
 )
 from tests.captures import make_capture, object_image
 from tests.ecc_spy import EccSpy
@@ -422,7 +424,7 @@ def test_an_accepted_alignment_reports_its_checks():
 
 
 def test_line_kernel_is_a_normalised_centred_line():
-    from generator.align import _line_kernel
+    from generator.align_ecc import _line_kernel
 
     k = _line_kernel(5, 0.0)
     assert k.dtype == np.float32 and k.shape == (5, 5) and k.sum() == pytest.approx(1.0)
@@ -437,7 +439,7 @@ def test_line_kernel_is_a_normalised_centred_line():
 
 
 def test_quad_mask_scales_the_quad_about_its_centre():
-    from generator.align import _quad_mask
+    from generator.align_frame import _quad_mask
 
     # An asymmetric quad (a trapezoid off the image's diagonal), so a mirrored or mis-centred one shows.
     q = np.array([[20, 10], [60, 10], [70, 30], [10, 30]], np.float32)
@@ -457,7 +459,8 @@ def test_quad_mask_scales_the_quad_about_its_centre():
 
 
 def test_set_region_sets_the_ecc_masks_full_and_coarse():
-    from generator.align import ECC_REGION_SCALE, _ecc_region
+    from generator.align_ecc import _ecc_region
+    from generator.align_frame import ECC_REGION_SCALE
 
     assert ECC_REGION_SCALE == 1.1
     frame = prepare(object_image("astronaut", 200), AlignConfig(work_size=100))
@@ -484,7 +487,7 @@ def test_set_region_sets_the_ecc_masks_full_and_coarse():
 
 
 def test_half_size_features_are_in_work_px_and_cached():
-    from generator.align import _half_features
+    from generator.align_frame import _half_features
 
     cfg = AlignConfig()
     frame = prepare(object_image("astronaut", 240), cfg)
@@ -499,7 +502,7 @@ def test_half_size_features_are_in_work_px_and_cached():
 
 def test_matching_blur_recovers_a_known_motion_blur():
     """A photo that is the anchor under a line blur: the blur found is that line, length and direction."""
-    from generator.align import _line_kernel, _matching_blur
+    from generator.align_ecc import _line_kernel, _matching_blur
 
     img = object_image("astronaut", 256)
     anchor = prepare(img)
@@ -534,7 +537,7 @@ def _bare_frame(grey: np.ndarray, texture: np.ndarray | None) -> Frame:
 
 
 def _vertical_blur(img: np.ndarray, length: int = 9) -> np.ndarray:
-    from generator.align import _line_kernel
+    from generator.align_ecc import _line_kernel
 
     return cv2.filter2D(img, -1, _line_kernel(length, 90.0))
 
@@ -542,7 +545,7 @@ def _vertical_blur(img: np.ndarray, length: int = 9) -> np.ndarray:
 def test_matching_blur_needs_100_textured_covered_pixels():
     """The blur is judged only over the anchor's texture (or everywhere without a texture map), in the
     agreeing cells, where the photo covers it; fewer than 100 such pixels: no judgement."""
-    from generator.align import _matching_blur
+    from generator.align_ecc import _matching_blur
 
     grey = _tex(128, 128, seed=3, amplitude=0.2) + 0.5
     photo = _bare_frame(_vertical_blur(grey), None)
@@ -567,7 +570,7 @@ def test_matching_blur_needs_100_textured_covered_pixels():
 def test_matching_blur_judges_only_the_window_about_the_median_texture():
     """Texture spread far apart: the window (BLUR_WINDOW px about the median of the texture, plus a margin)
     holds fewer than 100 of its pixels, so nothing is judged."""
-    from generator.align import _matching_blur
+    from generator.align_ecc import _matching_blur
 
     grey = _tex(64, 700, seed=4, amplitude=0.2) + 0.5
     texture = np.zeros(grey.shape, bool)
@@ -583,7 +586,7 @@ def _stripe_scene(block_x0: int, stripe_dx: int, axis: str):
     stripe of texture pixels `stripe_dx` px from the block's median column, where the photo is the
     anchor blurred along the stripe. Returns (anchor, photo, stripe column): a blur is found iff the
     stripe is judged. axis "y": the same, transposed."""
-    from generator.align import BLUR_WINDOW, MAX_BLUR
+    from generator.align_ecc import BLUR_WINDOW, MAX_BLUR
 
     h, w = 96, 480
     grey = _tex(h, w, seed=5, amplitude=0.01) + 0.5
@@ -614,7 +617,7 @@ def _stripe_scene(block_x0: int, stripe_dx: int, axis: str):
 
 @pytest.mark.parametrize("axis", ["x", "y"])
 def test_matching_blur_window_edges(axis):
-    from generator.align import _matching_blur
+    from generator.align_ecc import _matching_blur
 
     # The right (bottom) edge: the last column inside the window is judged, the first outside is not.
     for dx in (208, 209):
@@ -637,7 +640,7 @@ def test_matching_blur_window_edges(axis):
 def test_matching_blur_recovers_a_blur_in_a_window_off_the_origin():
     """Texture only in the middle of the anchor: the window starts away from (0, 0), and the photo is
     cut from the same place."""
-    from generator.align import _line_kernel, _matching_blur
+    from generator.align_ecc import _line_kernel, _matching_blur
 
     grey = _tex(256, 256, seed=7, amplitude=0.15) + 0.5
     texture = np.zeros(grey.shape, bool)
@@ -650,7 +653,7 @@ def test_matching_blur_recovers_a_blur_in_a_window_off_the_origin():
 
 
 def test_matching_blur_is_scale_free_and_tries_odd_lengths_up_to_13_and_half_steps_of_angle():
-    from generator.align import _line_kernel, _matching_blur
+    from generator.align_ecc import _line_kernel, _matching_blur
 
     grey = _tex(160, 160, seed=8, amplitude=0.001) + 0.5  # faint: the detail's norm is far below 1
     anchor = _bare_frame(grey, None)
@@ -673,7 +676,7 @@ def test_matching_blur_is_scale_free_and_tries_odd_lengths_up_to_13_and_half_ste
 
 def test_matching_blur_without_detail_finds_no_blur():
     """A flat window has no detail: every blur scores 0, as does none, and a tie is no blur."""
-    from generator.align import _matching_blur
+    from generator.align_ecc import _matching_blur
 
     flat = _bare_frame(np.zeros((64, 64), np.float32), np.ones((64, 64), bool))
     assert _matching_blur(flat, flat, np.eye(3), None) == (None, 0)
@@ -708,7 +711,7 @@ def _max_error(h: np.ndarray, truth: np.ndarray, size: int = 176) -> float:
 
 
 def _refine_run(anchor, photo, h_work, src, dst, cfg: AlignConfig | None = None):
-    from generator.align import _refine
+    from generator.align_ecc import _refine
 
     cfg = cfg or AlignConfig()
     res = Alignment(None)
@@ -811,7 +814,7 @@ def test_refine_says_why_ecc_failed():
 
 
 def test_ecc_against_a_given_anchor_image_and_without_a_texture_map(monkeypatch):
-    from generator.align import _ecc
+    from generator.align_ecc import _ecc
 
     anchor, photo, truth, h_work, src, dst = _shifted_pair()
     cfg = AlignConfig()
@@ -871,7 +874,7 @@ def test_refine_with_too_few_judged_cells_lets_ecc_use_all_the_texture(monkeypat
 def test_matching_blur_looks_at_detail_not_at_light():
     """A blurred photo under other light (gain, offset, a strong ramp of shading) and with sensor noise:
     the blur is judged on the detail (each image minus its 2-px blur), which the light leaves alone."""
-    from generator.align import _line_kernel, _matching_blur
+    from generator.align_ecc import _line_kernel, _matching_blur
 
     grey = _tex(192, 192, seed=9, amplitude=0.08) + 0.5
     anchor = _bare_frame(grey, np.ones(grey.shape, bool))
@@ -889,7 +892,7 @@ def test_coarse_ecc_takes_the_cells_at_the_nearest_coarse_pixels(monkeypatch):
     """The cells (work px) are shrunk to the coarse copy by nearest neighbour: coarse column x takes work
     column floor(x * W / w), as OpenCV's INTER_NEAREST does. 177 px: W / w = 177 / 88 is not 2, so
     coarse column 44 takes work column 88 (inside cells ending at 89) though it lies mostly beyond."""
-    from generator.align import _ecc
+    from generator.align_ecc import _ecc
 
     anchor, photo, truth, h_work, src, dst = _shifted_pair(size=177)
     assert anchor.coarse.shape == (88, 88)
@@ -908,7 +911,7 @@ def test_matching_blur_coverage_is_nearest_pixel():
     """Where the photo covers the anchor is decided at the nearest photo pixel: shifted by half a pixel,
     anchor column 63 samples photo column 63.5, which rounds (half to even) to 64, outside a 64-px wide
     photo. So 99 of these 110 texture pixels are covered: too few to judge; unshifted, all 110 are."""
-    from generator.align import _matching_blur
+    from generator.align_ecc import _matching_blur
 
     grey = _tex(128, 128, seed=11, amplitude=0.2) + 0.5
     texture = np.zeros(grey.shape, bool)

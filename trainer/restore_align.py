@@ -125,7 +125,7 @@ class Aligner:
         photos that agree, not to one spoiled photo. Holds each photo's work copy and, while
         refining, float32 warped copies of all of them: about 85 MB per 1024x768 photo at the
         peak (benchmarks/align_memory.py); the restore itself still streams."""
-        from generator.align import find_quad, project
+        from generator.align import project
         from generator.align_set import SetPhoto, align_set
 
         photos = [SetPhoto.load(_to_hwc(load_image(p, size)), cfg)
@@ -147,13 +147,11 @@ class Aligner:
         self.rejected = [(Path(paths[i]), why) for i, why in sorted(res.rejected.items())]
         quad, how = self._anchor_outline(rectify, corners)
         looked_in_anchor = corners is None and rectify != "off"
-        if looked_in_anchor and quad is None and res.median is not None and len(self.paths) >= 3:
-            # The median is in the anchor's work frame: each photo's glare and hand outvoted, the
-            # photos' exposures matched (align_set.match_gains).
-            in_median = find_quad(res.median)
-            if in_median.quad is not None:
-                quad = project(np.linalg.inv(photos[res.anchor].frame.to_work), in_median.quad)
-                how = f"the outline found in the median of the aligned photos (not in the anchor: {how})"
+        if looked_in_anchor and quad is None and res.outline is not None and len(self.paths) >= 3:
+            # Found in the median, in the anchor's work frame: each photo's glare and hand outvoted,
+            # the photos' exposures matched (align_set.match_gains).
+            quad = project(np.linalg.inv(photos[res.anchor].frame.to_work), res.outline)
+            how = f"the outline found in the median of the aligned photos (not in the anchor: {how})"
         self._finish(quad, size, how, rectify, corners)
 
     def _rectify(self, quad: np.ndarray, size: tuple[int, int], how: str) -> None:
