@@ -267,6 +267,18 @@ class SlurmCluster:
             states[name] = rec.get("JobState", "UNKNOWN")
         return states
 
+    def settled_states(self, job_id: str | int, timeout: float = 30.0) -> dict[str, str]:
+        """job_states once no task is still pending, running or completing (or after `timeout` s).
+        Why: submitit reads a task's result as soon as the task wrote it, a moment before Slurm
+        ends the step; a CI run saw the sweep done with its last task still RUNNING."""
+        deadline = time.monotonic() + timeout
+        while True:
+            states = self.job_states(job_id)
+            live = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING"} & set(states.values())
+            if not live or time.monotonic() > deadline:
+                return states
+            time.sleep(0.5)
+
     def queued_job_ids(self) -> list[str]:
         out = self.run(["squeue", "-h", "-o", "%i"], check=False).stdout
         return [ln.strip() for ln in out.splitlines() if ln.strip()]

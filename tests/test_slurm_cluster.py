@@ -87,7 +87,7 @@ def test_sweep_runs_as_one_array_job_each_task_writes_its_own_file(
     if launcher == "slurm_cpu":
         assert {rec.get("SLURM_CPUS_PER_TASK") for rec in done.values()} == {"1"}
     (array_id,) = array_ids
-    assert slurm_cluster.job_states(array_id) == {f"{array_id}_{i}": "COMPLETED" for i in range(3)}
+    assert slurm_cluster.settled_states(array_id) == {f"{array_id}_{i}": "COMPLETED" for i in range(3)}
     # Every task's submitit log sits under tmp_path, named by its array task.
     submitit = tmp_path / "multirun" / ".submitit"
     task_dirs = sorted(p.name for p in submitit.iterdir() if p.is_dir() and "_" in p.name)
@@ -120,7 +120,7 @@ def test_scancel_of_a_running_task_is_seen(slurm_cluster, tmp_path):
     assert proc.returncode != 0, output
     assert task in output, output  # the failure names the cancelled task
     assert sorted(_records(out, "done")) == [0, 2]  # the other tasks finished; task 1 wrote no completion
-    states = slurm_cluster.job_states(started["SLURM_ARRAY_JOB_ID"])
+    states = slurm_cluster.settled_states(started["SLURM_ARRAY_JOB_ID"])
     assert states[task] == "CANCELLED", states
 
 
